@@ -1,0 +1,123 @@
+"""The app factory: settings in, a FastAPI app out, clients opened and closed by its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from broker import __version__
+from broker.audit import AuditSink, LogSink
+from broker.config import Settings, get_settings
+from broker.crypto import KeyRing, b64u_decode
+from broker.errors import install_error_handlers
+from broker.health import ReadinessChecker
+from broker.identity.bearer import BearerValidator
+from broker.identity.dependencies import CurrentPrincipal
+from broker.identity.login import build_oauth
+from broker.identity.login import router as auth_router
+from broker.identity.sessions import EncryptedSessionMiddleware
+from broker.logs import configure_logging
+from broker.opa import OpaGateway
+from broker.revocation import Revocations
+from broker.state import AppState, state_of
+
+__all__ = ["create_app", "session_keyring"]
+
+log = logging.getLogger("telerad.app")
+
+
+def session_keyring(settings: Settings) -> KeyRing:
+    """The session key ring from settings; an ephemeral key only outside production."""
+    identity = settings.identity
+    if identity.session_keys:
+        keys = {kid: b64u_decode(v.get_secret_value()) for kid, v in identity.session_keys.items()}
+        return KeyRing(keys, identity.session_active_key or sorted(keys)[-1])
+    if settings.environment == "production":
+        raise ValueError("TELERAD_IDENTITY__SESSION_KEYS is required in production")
+    log.warning("no session keys configured: using an ephemeral key (sessions end at restart)")
+    return KeyRing.ephemeral()
+
+
+def create_app(settings: Settings | None = None, *, audit: AuditSink | None = None) -> FastAPI:
+    """Build the broker application."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    revocations = Revocations()
+    audit_sink: AuditSink = audit or LogSink()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=settings.readiness_timeout_seconds) as http:
+            opa = OpaGateway(settings.opa)
+            await opa.open()
+            try:
+                app.state.telerad = AppState(
+                    settings=settings,
+                    http=http,
+                    opa=opa,
+                    readiness=ReadinessChecker(settings, http, opa),
+                    bearer=BearerValidator(settings.identity, settings.issuers, http),
+                    oauth=build_oauth(settings.issuers, settings.identity.scopes),
+                    audit=audit_sink,
+                    revocations=revocations,
+                )
+                yield
+            finally:
+                await opa.close()
+                await audit_sink.close()
+
+    app = FastAPI(
+        title="telerad-broker",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        EncryptedSessionMiddleware,
+        keyring=session_keyring(settings),
+        revocations=revocations,
+        cookie_name=settings.identity.session_cookie,
+        secure=settings.identity.session_cookie_secure,
+        idle_seconds=settings.identity.session_idle_seconds,
+        absolute_seconds=settings.identity.session_absolute_seconds,
+    )
+    app.include_router(auth_router)
+
+    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Every dependency is reachable")
+    async def readyz(request: Request) -> JSONResponse:
+        results = await state_of(request).readiness.run()
+        ready = all(r.ready for r in results)
+        body = {
+            "status": "ready" if ready else "unready",
+            "checks": {
+                r.name: {"ready": r.ready, "detail": r.detail, "latency_ms": r.latency_ms}
+                for r in results
+            },
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/api/me", tags=["identity"], summary="Who the broker takes the caller to be")
+    async def me(principal: CurrentPrincipal) -> dict[str, Any]:
+        return {
+            "id": principal.id,
+            "issuer": principal.issuer,
+            "roles": list(principal.roles),
+            "acr": principal.acr,
+            "amr": list(principal.amr),
+            "via": principal.via,
+            "name": principal.name,
+        }
+
+    return app

@@ -1,0 +1,70 @@
+"""The one audit event model: who did what to which study, when, from where, and the outcome."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AuditEvent", "EventKind", "Outcome"]
+
+
+class EventKind(StrEnum):
+    """What happened; the CloudEvents ``type`` is ``org.telerad.<kind>.v1``."""
+
+    LOGIN = "login"
+    LOGIN_FAILED = "login.failed"
+    LOGOUT = "logout"
+    STEP_UP = "step_up"
+    TOKEN_REJECTED = "token.rejected"  # noqa: S105 - an event name, not a password
+    DECISION = "decision"
+    LINK_ISSUED = "link.issued"
+    LINK_REDEEMED = "link.redeemed"
+    REVOKED = "revoked"
+    BREAK_GLASS = "break_glass"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class AuditEvent(BaseModel):
+    """One access event, carrying what auditors need and no token, secret or patient identity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    kind: EventKind
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    outcome: Outcome
+    subject: str | None = None  # policy subject id, e.g. npi:1000000001
+    issuer: str | None = None
+    roles: list[str] = Field(default_factory=list)
+    action: str | None = None
+    study_uid: str | None = None
+    operations: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)  # stable reason codes
+    decision_id: str | None = None
+    policy_revision: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    purpose: str | None = None  # purpose of use; the break-glass justification
+    session_id: str | None = None
+    link_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def type(self) -> str:
+        """The versioned CloudEvents type."""
+        return f"org.telerad.{self.kind.value}.v1"
+
+    @property
+    def partition_key(self) -> str:
+        """Events of one study stay in order; others are keyed by subject."""
+        return self.study_uid or self.subject or self.id

@@ -1,0 +1,147 @@
+"""``telerad``: the broker's command line.
+
+telerad serve                      run the broker (settings from TELERAD_* variables)
+telerad stack provision            fetch/build the dev stack's parts into the cache
+telerad stack up [--with-broker]   run the dev stack (and the broker) until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from broker.app import create_app
+    from broker.config import Settings
+
+    settings = Settings()
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from broker.stack import provision
+
+    tools = tuple(t for t in args.tools.split(",") if t)
+    provision.ensure_all(tools=tools)
+    return 0
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _up(args: argparse.Namespace) -> int:
+    from broker.stack._procs import ManagedProcess, free_port, progress
+    from broker.stack.stack import PARTS, Stack
+
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    parts = tuple(p for p in args.parts.split(",") if p) if args.parts else PARTS
+    run_dir = Path(args.run_dir).resolve() if args.run_dir else None
+    stack = Stack.start(parts, run_dir)
+    broker: ManagedProcess | None = None
+    try:
+        env = stack.broker_env()
+        if args.env_file:
+            lines = [f"{k}='{v}'" for k, v in sorted(env.items())]
+            Path(args.env_file).write_text("\n".join(lines) + "\n")
+            progress(f"broker environment written to {args.env_file}")
+        if args.with_broker:
+            port = args.port or free_port()
+            env |= {"TELERAD_PORT": str(port), "TELERAD_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+            broker = ManagedProcess(
+                "broker",
+                [sys.executable, "-m", "broker", "serve"],
+                log_path=stack.run_dir / "logs" / "broker.log",
+                env=env,
+            )
+            broker.start()
+            broker.wait_ready(lambda: _ready(f"http://127.0.0.1:{port}/readyz"), timeout=60)
+            progress(f"broker ready on http://127.0.0.1:{port} (readyz: every dependency ready)")
+            progress(f"broker log: {broker.log_path}")
+        progress(f"logs under {stack.run_dir / 'logs'}; Ctrl-C stops everything")
+        while True:
+            time.sleep(1)
+            if broker is not None and not broker.running():
+                progress("the broker exited; stopping the stack")
+                return 1
+    except KeyboardInterrupt:
+        progress("stopping")
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()
+        stack.stop()
+        progress("stopped")
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    return httpx.get(url, timeout=5).status_code == 200
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and for generated CLI docs)."""
+    parser = argparse.ArgumentParser(
+        prog="telerad", description="Zero-trust access broker for teleradiology."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the broker (settings from TELERAD_* variables)")
+    serve.add_argument("--host", help="listen address (default: TELERAD_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: TELERAD_PORT or 8000)")
+    serve.set_defaults(func=_serve)
+
+    stack = sub.add_parser(
+        "stack", help="the dev/test stack: real Kafka, OPA, Keycloak and Orthanc"
+    )
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    prov = stack_sub.add_parser(
+        "provision", help="fetch and build every part into ~/.cache/telerad"
+    )
+    prov.add_argument(
+        "--tools", default="opa", help="comma-separated Go tools to build too (opa,regal,helm)"
+    )
+    prov.set_defaults(func=_provision)
+    up = stack_sub.add_parser("up", help="start the stack (and optionally the broker) until Ctrl-C")
+    up.add_argument("--parts", help="comma-separated parts (default: kafka,opa,keycloak,orthanc)")
+    up.add_argument("--with-broker", action="store_true", help="also start the broker against it")
+    up.add_argument("--port", type=int, help="the broker's port (default: a free one)")
+    up.add_argument("--env-file", help="write the broker's TELERAD_* environment to this file")
+    up.add_argument(
+        "--run-dir", help="directory for the parts' data and logs (default: a temp dir)"
+    )
+    up.set_defaults(func=_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``telerad`` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The broker's one ``Settings`` object, read from ``TELERAD_*`` environment variables.
+
+Nested values use ``__`` (``TELERAD_PACS__URL``); lists and objects may be given as JSON
+(``TELERAD_ISSUERS='[{"issuer": "...", "audiences": ["telerad-broker"]}]'``). Secrets are
+``SecretStr`` and may also be mounted as files under ``TELERAD_SECRETS_DIR`` (Kubernetes secrets).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "ClaimMapping",
+    "IdentitySettings",
+    "IssuerSettings",
+    "KafkaSettings",
+    "OpaSettings",
+    "PacsSettings",
+    "Settings",
+    "get_settings",
+]
+
+# Asymmetric JWS algorithms only: never "none", never HMAC (a public key must not be an HMAC key).
+_SAFE_ALGORITHMS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClaimMapping(_Section):
+    """Where one issuer keeps what the policy needs (dotted paths into the token's claims)."""
+
+    subject_id: str = "npi"  # the radiologist identifier the policy's data is keyed by
+    subject_id_prefix: str = "npi:"
+    roles: str = "roles"  # e.g. "realm_access.roles" for a stock Keycloak realm
+    licenses: str = "licenses"
+    privileges: str = "facility_privileges"
+    group: str = "group"
+
+
+class IssuerSettings(_Section):
+    """One trusted identity provider (a hospital's or a reading group's)."""
+
+    name: str | None = None  # short label for login links (e.g. "hospital-a")
+    issuer: AnyHttpUrl
+    audiences: list[str] = Field(default_factory=lambda: ["telerad-broker"], min_length=1)
+    # JWS algorithms accepted from this issuer; never "none", never HMAC with a public key.
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    client_id: str | None = None  # set for issuers that browsers log in through
+    client_secret: SecretStr | None = None
+    claims: ClaimMapping = ClaimMapping()
+
+    @field_validator("algorithms")
+    @classmethod
+    def _only_asymmetric(cls, value: list[str]) -> list[str]:
+        unsafe = set(value) - _SAFE_ALGORITHMS
+        if unsafe or not value:
+            raise ValueError(f"algorithms must be non-empty and among {sorted(_SAFE_ALGORITHMS)}")
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.issuer).rstrip("/").rsplit("/", 1)[-1]
+
+
+class IdentitySettings(_Section):
+    """Bearer-token validation and browser sessions."""
+
+    leeway_seconds: Annotated[int, Field(ge=0, le=120)] = 30  # exp/nbf/iat clock skew
+    max_token_bytes: Annotated[int, Field(ge=512, le=65536)] = 8192
+    token_cache_size: Annotated[int, Field(ge=0)] = 10000  # validated tokens kept until exp
+    jwks_min_refresh_seconds: Annotated[float, Field(ge=0)] = 30.0  # unknown-kid refresh limit
+    jwks_max_age_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    session_idle_seconds: Annotated[int, Field(gt=0)] = 900  # 15 minutes without a request
+    session_absolute_seconds: Annotated[int, Field(gt=0)] = 8 * 3600  # one reading shift
+    session_cookie: str = "telerad_session"
+    # Secure cookies need HTTPS; only the plain-HTTP loopback dev stack turns this off.
+    session_cookie_secure: bool = True
+    # AES-256 keys (base64url, 32 bytes) by key id; the active one seals, all open.
+    session_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    session_active_key: str | None = None
+    scopes: str = "openid profile"
+
+
+class OpaSettings(_Section):
+    """The OPA sidecar that decides every request."""
+
+    url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
+    decision_path: str = "telerad/access/decision"
+    timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 0.5
+
+
+class KafkaSettings(_Section):
+    """The Kafka cluster that carries the audit stream."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    audit_topic: str = "telerad.audit.v1"
+    request_timeout_ms: Annotated[int, Field(gt=0)] = 5000
+
+
+class PacsSettings(_Section):
+    """The PACS's DICOMweb service (Orthanc's plugin in dev)."""
+
+    url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8042/dicom-web")
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class Settings(BaseSettings):
+    """Everything the broker reads from its environment; frozen after start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TELERAD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        secrets_dir=os.environ.get("TELERAD_SECRETS_DIR") or None,
+    )
+
+    environment: str = (
+        "production"  # "development" relaxes nothing security-relevant; it labels logs
+    )
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    log_level: str = "INFO"
+    readiness_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # per dependency check
+
+    issuers: list[IssuerSettings] = Field(default_factory=list)
+    identity: IdentitySettings = IdentitySettings()
+    opa: OpaSettings = OpaSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    pacs: PacsSettings = PacsSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

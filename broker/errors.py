@@ -1,0 +1,126 @@
+"""The broker's one error root, and how each error becomes an HTTP answer.
+
+TeleradError                      500 internal_error (never carries internals to the client)
+├── BadRequest                    400 bad_request
+├── Unauthenticated               401 invalid_token (with WWW-Authenticate)
+├── Forbidden                     403 forbidden
+├── NotFound                      404 not_found
+├── Gone                          410 gone
+├── DependencyUnavailable         503 dependency_unavailable
+└── UpstreamError                 502 bad_gateway
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "BadRequest",
+    "DependencyUnavailable",
+    "Forbidden",
+    "Gone",
+    "NotFound",
+    "TeleradError",
+    "Unauthenticated",
+    "UpstreamError",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("telerad.errors")
+
+
+class TeleradError(Exception):
+    """Root of every error the broker raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+    message = "The broker could not complete the request."
+
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message or self.message)
+        self.detail = message or self.message
+        self.headers = headers or {}
+
+
+class BadRequest(TeleradError):
+    """The request is malformed."""
+
+    status_code, code, message = 400, "bad_request", "The request is malformed."
+
+
+class Unauthenticated(TeleradError):
+    """No valid credentials; answered with a Bearer challenge (RFC 6750 section 3)."""
+
+    status_code, code, message = 401, "invalid_token", "Authentication is required."
+
+    def __init__(self, message: str | None = None, *, error: str = "invalid_token") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="{error}"'})
+        self.code = error
+
+
+class Forbidden(TeleradError):
+    """Authenticated, but the policy does not allow it."""
+
+    status_code, code, message = 403, "forbidden", "Access is not allowed."
+
+
+class NotFound(TeleradError):
+    """Nothing here (also said of anything the caller must not learn exists)."""
+
+    status_code, code, message = 404, "not_found", "Not found."
+
+
+class Gone(TeleradError):
+    """It existed and has expired."""
+
+    status_code, code, message = 410, "gone", "This link has expired."
+
+
+class DependencyUnavailable(TeleradError):
+    """A dependency needed to decide or record the request is unavailable: fail closed."""
+
+    status_code, code, message = 503, "dependency_unavailable", "Temporarily unavailable."
+
+
+class UpstreamError(TeleradError):
+    """The PACS answered badly or not at all."""
+
+    status_code, code, message = 502, "bad_gateway", "The image archive is unavailable."
+
+
+def _body(code: str, detail: str) -> dict[str, str]:
+    return {"error": code, "detail": detail}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to one JSON shape; nothing internal reaches the client."""
+
+    async def telerad_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TeleradError)
+        return JSONResponse(_body(exc.code, exc.detail), exc.status_code, headers=exc.headers)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        fields = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
+        return JSONResponse(_body("bad_request", f"Invalid fields: {', '.join(fields)}"), 400)
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse(_body(TeleradError.code, TeleradError.message), 500)
+
+    app.add_exception_handler(TeleradError, telerad_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)

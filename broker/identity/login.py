@@ -1,0 +1,334 @@
+"""Browser login with the hospital's IdP: authorization code + PKCE (S256), state and nonce.
+
+    GET  /auth/login?idp=<name>&next=/path   → the IdP (acr_values, max_age for step-up)
+    GET  /auth/callback                      → a fresh session, then back to ``next``
+    GET  /auth/logout                        → session revoked here, then RP-initiated logout
+    POST /auth/backchannel-logout            ← the IdP (OIDC Back-Channel Logout 1.0)
+
+authlib's Starlette client keeps ``state``, ``nonce`` and the PKCE verifier in ``request.session``,
+which here is the encrypted session cookie. The access token the IdP returns goes through the same
+strict validation as any bearer token, and the session keeps the resulting principal — never the
+IdP's tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from authlib.integrations.base_client import OAuthError
+from authlib.integrations.starlette_client import OAuth
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jws import JWSRegistry
+
+from broker.audit import AuditEvent, EventKind, Outcome
+from broker.config import IssuerSettings
+from broker.errors import BadRequest
+from broker.identity.bearer import TokenRejected, claims_to_principal, strict_json
+from broker.identity.principal import Principal
+from broker.identity.sessions import SESSION_META
+from broker.revocation import RevocationKind
+from broker.state import AppState, state_of
+
+__all__ = ["build_oauth", "principal_from_session", "router", "session_principal_dict"]
+
+log = logging.getLogger("telerad.identity")
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+_BCL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+def build_oauth(issuers: list[IssuerSettings], scopes: str) -> OAuth:
+    """One authlib client per issuer that browsers log in through."""
+    oauth = OAuth()
+    for issuer in issuers:
+        if issuer.client_id is None or issuer.client_secret is None:
+            continue
+        oauth.register(
+            name=issuer.label,
+            client_id=issuer.client_id,
+            client_secret=issuer.client_secret.get_secret_value(),
+            server_metadata_url=f"{str(issuer.issuer).rstrip('/')}/.well-known/openid-configuration",
+            client_kwargs={"scope": scopes, "code_challenge_method": "S256"},
+        )
+    return oauth
+
+
+def session_principal_dict(principal: Principal) -> dict[str, Any]:
+    """What of a principal the session cookie keeps (no tokens)."""
+    return {
+        "id": principal.id,
+        "issuer": principal.issuer,
+        "subject": principal.subject,
+        "roles": list(principal.roles),
+        "licenses": list(principal.licenses),
+        "privileges": list(principal.privileges),
+        "group": principal.group,
+        "acr": principal.acr,
+        "amr": list(principal.amr),
+        "auth_time": principal.auth_time,
+        "idp_session_id": principal.idp_session_id,
+        "name": principal.name,
+    }
+
+
+def principal_from_session(request: Request) -> Principal | None:
+    """The principal of a live browser session, or None."""
+    stored = request.session.get("principal")
+    meta = request.scope.get(SESSION_META)
+    if not isinstance(stored, dict) or not isinstance(meta, dict):
+        return None
+    return Principal(
+        id=stored["id"],
+        issuer=stored["issuer"],
+        subject=stored["subject"],
+        roles=tuple(stored.get("roles", ())),
+        licenses=tuple(stored.get("licenses", ())),
+        privileges=tuple(stored.get("privileges", ())),
+        group=stored.get("group"),
+        acr=stored.get("acr"),
+        amr=tuple(stored.get("amr", ())),
+        auth_time=stored.get("auth_time"),
+        via="session",
+        session_id=meta.get("sid"),
+        idp_session_id=stored.get("idp_session_id"),
+        name=stored.get("name"),
+        expires_at=int(meta["created"]),
+    )
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this site: no scheme, no host, no protocol-relative or backslash tricks."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return value
+
+
+def _failure_page(status: int, message: str) -> HTMLResponse:
+    body = (
+        "<!doctype html><title>Sign-in failed</title>"
+        f"<h1>Sign-in failed</h1><p>{message}</p><p><a href='/'>Start again</a></p>"
+    )
+    return HTMLResponse(body, status_code=status)
+
+
+@router.get("/login", summary="Start a browser login at the named IdP")
+async def login(
+    request: Request,
+    idp: str | None = None,
+    next: str | None = None,  # the conventional name of the return path
+    acr_values: str | None = None,
+    max_age: int | None = None,
+) -> Response:
+    state = state_of(request)
+    names = [i.label for i in state.settings.issuers if i.client_id]
+    name = idp or (names[0] if len(names) == 1 else None)
+    client = state.oauth.create_client(name) if name else None
+    if client is None:
+        raise BadRequest(f"Choose an identity provider: idp is one of {', '.join(names)}.")
+    request.session["next"] = _safe_next(next)
+    extra: dict[str, Any] = {}
+    if acr_values:
+        extra["acr_values"] = acr_values[:64]
+    if max_age is not None and max_age >= 0:
+        extra["max_age"] = max_age
+    redirect_uri = f"{str(state.settings.public_url).rstrip('/')}/auth/callback"
+    request.session["idp"] = name
+    response: Response = await client.authorize_redirect(request, redirect_uri, **extra)
+    return response
+
+
+@router.get("/callback", summary="The IdP's redirect back after login")
+async def callback(request: Request) -> Response:
+    state = state_of(request)
+    name = request.session.get("idp")
+    client = state.oauth.create_client(name) if isinstance(name, str) else None
+    audit_base = _context(request)
+    if client is None:
+        await state.audit.emit(
+            AuditEvent(
+                kind=EventKind.LOGIN_FAILED,
+                outcome=Outcome.FAILURE,
+                reasons=["no_login_in_progress"],
+                **audit_base,
+            )
+        )
+        return _failure_page(400, "No sign-in was in progress. Please start again.")
+    try:
+        token = await client.authorize_access_token(request)
+        principal = await state.bearer.validate(token["access_token"])
+    except (OAuthError, TokenRejected, KeyError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "error", None) or "login_failed"
+        log.warning("login failed", extra={"idp": name, "reason": str(reason)})
+        await state.audit.emit(
+            AuditEvent(
+                kind=EventKind.LOGIN_FAILED,
+                outcome=Outcome.FAILURE,
+                reasons=[str(reason)[:64]],
+                detail={"idp": name},
+                **audit_base,
+            )
+        )
+        return _failure_page(400, "The identity provider's answer could not be accepted.")
+    userinfo = token.get("userinfo") or {}
+    principal = _merge_id_token(principal, userinfo)
+    target = request.session.get("next", "/")
+    request.session.clear()
+    request.scope[SESSION_META] = None  # a fresh session id at login: no session fixation
+    request.session["principal"] = session_principal_dict(principal)
+    await state.audit.emit(
+        AuditEvent(
+            kind=EventKind.LOGIN,
+            outcome=Outcome.SUCCESS,
+            subject=principal.id,
+            issuer=principal.issuer,
+            roles=list(principal.roles),
+            detail={"idp": name, "acr": principal.acr, "amr": list(principal.amr)},
+            **audit_base,
+        )
+    )
+    return RedirectResponse(_safe_next(target), status_code=303)
+
+
+def _merge_id_token(principal: Principal, userinfo: dict[str, Any]) -> Principal:
+    """Authentication facts the ID token is authoritative for (acr, amr, auth_time, sid)."""
+    from dataclasses import replace
+
+    acr = userinfo.get("acr")
+    auth_time = userinfo.get("auth_time")
+    sid = userinfo.get("sid")
+    amr = userinfo.get("amr")
+    return replace(
+        principal,
+        via="session",
+        acr=str(acr) if isinstance(acr, str | int) else principal.acr,
+        auth_time=auth_time if isinstance(auth_time, int) else principal.auth_time,
+        idp_session_id=sid if isinstance(sid, str) else principal.idp_session_id,
+        amr=tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else principal.amr,
+    )
+
+
+@router.get("/logout", summary="End the session here and at the IdP")
+async def logout(request: Request) -> Response:
+    state = state_of(request)
+    principal = principal_from_session(request)
+    request.session.clear()
+    if principal is None:
+        return RedirectResponse("/", status_code=303)
+    revoke_until = time.time() + state.settings.identity.session_absolute_seconds
+    if principal.session_id:
+        state.revocations.revoke(RevocationKind.SESSION, principal.session_id, until=revoke_until)
+    await state.audit.emit(
+        AuditEvent(
+            kind=EventKind.LOGOUT,
+            outcome=Outcome.SUCCESS,
+            subject=principal.id,
+            issuer=principal.issuer,
+            session_id=principal.session_id,
+            **_context(request),
+        )
+    )
+    issuer = state.bearer.issuer(principal.issuer)
+    client = state.oauth.create_client(issuer.label) if issuer else None
+    if client is None:
+        return RedirectResponse("/", status_code=303)
+    metadata = await client.load_server_metadata()
+    if not metadata.get("end_session_endpoint"):
+        return RedirectResponse("/", status_code=303)
+    response: Response = await client.logout_redirect(
+        request,
+        post_logout_redirect_uri=f"{str(state.settings.public_url).rstrip('/')}/",
+        client_id=issuer.client_id if issuer else None,
+    )
+    return response
+
+
+@router.post("/backchannel-logout", summary="OIDC Back-Channel Logout from the IdP")
+async def backchannel_logout(request: Request) -> Response:
+    state = state_of(request)
+    async with request.form(max_files=0, max_fields=4) as form:
+        token = form.get("logout_token")
+    if not isinstance(token, str) or not token:
+        raise BadRequest("logout_token is required")
+    claims = await _verify_logout_token(state, token)
+    until = time.time() + state.settings.identity.session_absolute_seconds
+    if isinstance(claims.get("sid"), str):
+        state.revocations.revoke(RevocationKind.IDP_SESSION, claims["sid"], until=until)
+    issuer = state.bearer.issuer(str(claims["iss"]))
+    subject = None
+    if issuer is not None and isinstance(claims.get("sub"), str) and not claims.get("sid"):
+        subject = claims_to_principal(claims, issuer).id
+        state.revocations.revoke(RevocationKind.SUBJECT, subject, until=until)
+    await state.audit.emit(
+        AuditEvent(
+            kind=EventKind.REVOKED,
+            outcome=Outcome.SUCCESS,
+            subject=subject,
+            issuer=str(claims["iss"]),
+            detail={"by": "backchannel_logout", "idp_session": bool(claims.get("sid"))},
+            **_context(request),
+        )
+    )
+    return Response(status_code=200, headers={"Cache-Control": "no-store"})
+
+
+async def _verify_logout_token(state: AppState, token: str) -> dict[str, Any]:
+    """OIDC Back-Channel Logout 1.0 §2.6: signature, iss, aud, iat, events, sid/sub, no nonce."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > state.settings.identity.max_token_bytes:
+        raise BadRequest("invalid logout_token")
+    try:
+        from broker.crypto import b64u_decode
+
+        header = strict_json(b64u_decode(parts[0]))
+        claims = strict_json(b64u_decode(parts[1]))
+    except (TokenRejected, ValueError) as exc:
+        raise BadRequest("invalid logout_token") from exc
+    issuer = state.bearer.issuer(str(claims.get("iss", "")))
+    alg, kid = header.get("alg"), header.get("kid")
+    if (
+        issuer is None
+        or not isinstance(alg, str)
+        or alg not in issuer.algorithms
+        or not isinstance(kid, str)
+    ):
+        raise BadRequest("invalid logout_token")
+    key = await state.bearer.keys(str(issuer.issuer)).key_for(kid, alg)
+    if key is None:
+        raise BadRequest("invalid logout_token")
+    try:
+        jwt.decode(token, key, algorithms=[alg], registry=JWSRegistry(algorithms=[alg]))
+    except (JoseError, ValueError) as exc:
+        raise BadRequest("invalid logout_token") from exc
+    audience = claims.get("aud")
+    audiences = {audience} if isinstance(audience, str) else set(audience or [])
+    events = claims.get("events")
+    now = time.time()
+    iat = claims.get("iat")
+    if (
+        issuer.client_id not in audiences
+        or not isinstance(events, dict)
+        or _BCL_EVENT not in events
+        or "nonce" in claims
+        or not (claims.get("sid") or claims.get("sub"))
+        or not isinstance(iat, int)
+        or iat > now + state.settings.identity.leeway_seconds
+        or iat < now - 600
+    ):
+        raise BadRequest("invalid logout_token")
+    return claims
+
+
+def _context(request: Request) -> dict[str, Any]:
+    return {
+        "client_ip": request.client.host if request.client else None,
+        "user_agent": (request.headers.get("user-agent") or "")[:256] or None,
+    }

@@ -1,0 +1,249 @@
+"""Fetch and build the dev/test stack's parts from the registries this machine reaches.
+
+Everything lands in the cache (``$TELERAD_CACHE``, default ``~/.cache/telerad``) and is reused;
+a missing cache only costs time. Each step prints progress, because a cold machine spends minutes
+here: Go builds (OPA, Regal, Helm) from the Go module proxy, Kafka and Keycloak from Maven
+Central, Orthanc from Debian.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from broker.stack._procs import progress
+
+__all__ = [
+    "HELM_VERSION",
+    "KAFKA_VERSION",
+    "KEYCLOAK_VERSION",
+    "OPA_VERSION",
+    "REGAL_VERSION",
+    "ProvisionError",
+    "cache_dir",
+    "ensure_all",
+    "go_tool",
+    "kafka_classpath",
+    "keycloak_home",
+    "orthanc_binary",
+]
+
+# Pinned versions (bump deliberately; each one is a cache key).
+OPA_VERSION = "v1.22.3"
+REGAL_VERSION = "v0.36.1"
+HELM_VERSION = "v3.19.0"
+KAFKA_VERSION = "4.1.1"
+KEYCLOAK_VERSION = "26.4.7"
+
+_GO_TOOLS: dict[str, tuple[str, str]] = {
+    "opa": ("github.com/open-policy-agent/opa", OPA_VERSION),
+    "regal": ("github.com/open-policy-agent/regal", REGAL_VERSION),
+    "helm": ("helm.sh/helm/v3/cmd/helm", HELM_VERSION),
+}
+
+
+class ProvisionError(RuntimeError):
+    """A stack part could not be fetched or built; the message says which and why."""
+
+
+def cache_dir() -> Path:
+    """The cache root; created on first use."""
+    root = Path(os.environ.get("TELERAD_CACHE", Path.home() / ".cache" / "telerad"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _resource(name: str) -> Path:
+    return Path(__file__).parent / "resources" / name
+
+
+def _run(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None) -> None:
+    """Run a fetch/build command, relaying its output and a heartbeat so long work shows life."""
+    progress(f"{what}: {' '.join(argv[:3])} ...")
+    started = time.monotonic()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(20):
+            progress(f"{what}: still working ({time.monotonic() - started:.0f} s)")
+
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    try:
+        proc = subprocess.run(
+            list(argv),
+            env=dict(os.environ) | dict(env or {}),
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    finally:
+        done.set()
+    if proc.returncode != 0:
+        raise ProvisionError(f"{what} failed (exit {proc.returncode}); see the output above")
+    progress(f"{what}: done in {time.monotonic() - started:.0f} s")
+
+
+def go_tool(name: str) -> Path:
+    """A pinned Go tool (``opa``, ``regal``, ``helm``), built with ``go install`` if absent."""
+    module, version = _GO_TOOLS[name]
+    target = cache_dir() / "bin" / f"{name}-{version}"
+    if target.exists():
+        return target
+    if shutil.which("go") is None:
+        raise ProvisionError(f"{name}: the Go toolchain is needed to build it and is not on PATH")
+    gobin = cache_dir() / "gobuild" / f"{name}-{version}"
+    env = {
+        "GOBIN": str(gobin),
+        "GOPATH": str(cache_dir() / "go"),
+        "GOFLAGS": "-modcacherw -buildvcs=false",
+        "CGO_ENABLED": "0",
+    }
+    _run(["go", "install", f"{module}@{version}"], what=f"building {name} {version}", env=env)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(gobin / name), target)
+    return target
+
+
+def _mvn(args: Sequence[str], *, what: str) -> None:
+    if shutil.which("mvn") is None:
+        raise ProvisionError(f"{what}: Maven (mvn) is needed and is not on PATH")
+    repo = os.environ.get("TELERAD_M2_REPO")  # default: the user's ~/.m2, shared with other builds
+    extra = [f"-Dmaven.repo.local={repo}"] if repo else []
+    _run(["mvn", "-B", "-ntp", *extra, *args], what=what)
+
+
+def kafka_classpath() -> str:
+    """Classpath of a Kafka (KRaft) runtime resolved from Maven Central."""
+    libs = cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+    marker = libs / ".complete"
+    if not marker.exists():
+        shutil.rmtree(libs, ignore_errors=True)
+        _mvn(
+            [
+                "-f",
+                str(_resource("kafka-pom.xml")),
+                f"-Dkafka.version={KAFKA_VERSION}",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+            ],
+            what=f"fetching Kafka {KAFKA_VERSION} from Maven Central",
+        )
+        marker.touch()
+    return str(libs / "*")
+
+
+def keycloak_home() -> Path:
+    """An unpacked Keycloak server distribution from Maven Central."""
+    home = cache_dir() / f"keycloak-{KEYCLOAK_VERSION}"
+    marker = home / ".complete"
+    if marker.exists():
+        return home
+    downloads = cache_dir() / "downloads"
+    archive = downloads / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.zip"
+    if not archive.exists():
+        _mvn(
+            [
+                "dependency:copy",
+                f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip",
+                f"-DoutputDirectory={downloads}",
+            ],
+            what=f"fetching Keycloak {KEYCLOAK_VERSION} from Maven Central",
+        )
+    progress(f"unpacking {archive.name}")
+    staging = home.with_name(home.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(staging)
+    (inner,) = [p for p in staging.iterdir() if p.is_dir()]
+    shutil.rmtree(home, ignore_errors=True)
+    inner.rename(home)
+    shutil.rmtree(staging, ignore_errors=True)
+    for script in (home / "bin").glob("*.sh"):
+        script.chmod(0o755)
+    marker.touch()
+    return home
+
+
+def orthanc_binary() -> Path:
+    """The Orthanc server with its DICOMweb plugin, installed from Debian if missing."""
+    found = shutil.which("Orthanc") or (
+        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+    )
+    plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+    if found and plugin.exists():
+        return Path(found)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    _run([*sudo, "apt-get", "update", "-q"], what="updating Debian package lists", env=env)
+    _run(
+        [
+            *sudo,
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "orthanc",
+            "orthanc-dicomweb",
+        ],
+        what="installing Orthanc and its DICOMweb plugin from Debian",
+        env=env,
+    )
+    found = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if not Path(found).exists() or not plugin.exists():
+        raise ProvisionError(
+            "Orthanc: installed from Debian but the binary or DICOMweb plugin is missing"
+        )
+    return Path(found)
+
+
+def orthanc_dicomweb_plugin() -> Path:
+    """The DICOMweb plugin shared object Debian installs beside Orthanc."""
+    return Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def java_home(min_version: int) -> str:
+    """A JDK of at least ``min_version``: $JAVA_HOME, then the JDKs under /usr/lib/jvm."""
+    preferred = os.environ.get("JAVA_HOME", "")
+    if preferred and _java_major(Path(preferred)) >= min_version:
+        return preferred
+    jvm = Path("/usr/lib/jvm")
+    found = sorted(
+        (major, str(p))
+        for p in (jvm.iterdir() if jvm.is_dir() else [])
+        if (major := _java_major(p)) >= min_version and not p.is_symlink()
+    )
+    if found:
+        return found[0][1]  # the oldest JDK that is new enough: what the service is tested on
+    raise ProvisionError(f"no JDK >= {min_version} found (set JAVA_HOME)")
+
+
+def _java_major(home: Path) -> int:
+    release = home / "release"
+    if not release.exists() or not (home / "bin" / "java").exists():
+        return 0
+    for line in release.read_text().splitlines():
+        if line.startswith("JAVA_VERSION="):
+            version = line.split("=", 1)[1].strip('"')
+            head = version.split(".")[0]
+            return int(head) if head.isdigit() else 0
+    return 0
+
+
+def ensure_all(*, tools: Sequence[str] = ("opa",)) -> None:
+    """Provision every part of the stack (and the named Go tools) so later starts are quick."""
+    for name in tools:
+        go_tool(name)
+    kafka_classpath()
+    keycloak_home()
+    orthanc_binary()

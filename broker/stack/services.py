@@ -1,0 +1,275 @@
+"""The dev/test stack's services as local processes: Kafka, OPA, Keycloak, Orthanc.
+
+Each ``start_*`` function provisions what it needs (see :mod:`broker.stack.provision`), starts the
+service on free loopback ports with its log under the run directory, waits until it answers, and
+returns a :class:`Service` that knows its endpoints and how to stop.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from broker.stack import provision
+from broker.stack._procs import ManagedProcess, free_port, progress
+
+__all__ = [
+    "ORTHANC_PASSWORD",
+    "ORTHANC_USER",
+    "Service",
+    "start_kafka",
+    "start_keycloak",
+    "start_opa",
+    "start_orthanc",
+]
+
+# Dev-only credentials of the local PACS (never used outside the loopback dev stack).
+ORTHANC_USER = "telerad"
+ORTHANC_PASSWORD = "dev-only-orthanc"  # noqa: S105
+KEYCLOAK_ADMIN_PASSWORD = "dev-only-admin"  # noqa: S105
+
+
+@dataclass
+class Service:
+    """A running stack service: its name, endpoints, log and process."""
+
+    name: str
+    endpoints: dict[str, str]
+    log_path: Path
+    process: ManagedProcess | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.running()
+
+
+def _http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
+    return httpx.get(url, auth=auth, timeout=2.0).status_code == 200
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _resource(name: str) -> Path:
+    return Path(__file__).parent / "resources" / name
+
+
+# --------------------------------------------------------------------------------------- Kafka
+def start_kafka(run_dir: Path, *, timeout: float = 120.0) -> Service:
+    """A single-node Kafka in KRaft mode (broker + controller), storage formatted at start."""
+    classpath = provision.kafka_classpath()
+    java_home = provision.java_home(17)
+    home = run_dir / "kafka"
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "data").mkdir(parents=True)
+    port, controller_port = free_port(), free_port()
+    config = home / "server.properties"
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={home / 'data'}",
+                "num.partitions=3",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=3",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "min.insync.replicas=1",
+                "",
+            ]
+        )
+    )
+    log4j = home / "log4j2.xml"
+    shutil.copy(_resource("kafka-log4j2.xml"), log4j)
+    java = str(Path(java_home) / "bin" / "java")
+    jvm = [
+        java,
+        "-Xms128m",
+        "-Xmx512m",
+        "-XX:+UseSerialGC",  # two cores: a small heap with the serial collector starts fastest
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={log4j}",
+        f"-Dkafka.logs.dir={home}",
+        "-cp",
+        classpath,
+    ]
+    log_path = run_dir / "logs" / "kafka.log"
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    fmt = ManagedProcess(
+        "kafka (storage format)",
+        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        log_path=log_path,
+    )
+    progress("kafka: formatting KRaft storage")
+    fmt.start()
+    started = time.monotonic()
+    while fmt.running():
+        if time.monotonic() - started > 60:
+            fmt.stop()
+            break
+        time.sleep(0.2)
+    progress(f"kafka: starting on 127.0.0.1:{port}")
+    proc = ManagedProcess("kafka", [*jvm, "kafka.Kafka", str(config)], log_path=log_path)
+    proc.start()
+    bootstrap = f"127.0.0.1:{port}"
+    proc.wait_ready(lambda: _kafka_ready(bootstrap), timeout=timeout, interval=0.5)
+    return Service("kafka", {"bootstrap": bootstrap}, log_path, proc)
+
+
+def _kafka_ready(bootstrap: str) -> bool:
+    from kafka import KafkaAdminClient  # local import: kafka-python is slow to import
+
+    if not _port_open(int(bootstrap.rsplit(":", 1)[1])):
+        return False  # kafka-python's client would leak its sockets on a refused bootstrap
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        admin.describe_cluster()
+        return True
+    finally:
+        admin.close()
+
+
+# ----------------------------------------------------------------------------------------- OPA
+def start_opa(run_dir: Path, *, policy_paths: list[Path], timeout: float = 30.0) -> Service:
+    """An OPA server with the given policy/data paths loaded (test files excluded)."""
+    opa = provision.go_tool("opa")
+    port = free_port()
+    log_path = run_dir / "logs" / "opa.log"
+    argv = [
+        str(opa),
+        "run",
+        "--server",
+        f"--addr=127.0.0.1:{port}",
+        "--log-format=json",
+        "--log-level=info",
+        "--ignore=*_test.rego",
+        "--ignore=.*",
+        *[str(p) for p in policy_paths],
+    ]
+    progress(f"opa: starting on 127.0.0.1:{port}")
+    proc = ManagedProcess("opa", argv, log_path=log_path)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_ready(lambda: _http_ok(f"{url}/health"), timeout=timeout)
+    return Service("opa", {"url": url}, log_path, proc)
+
+
+# ------------------------------------------------------------------------------------ Orthanc
+def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
+    """Orthanc with the DICOMweb plugin, HTTP on loopback with basic auth; DICOM port closed."""
+    binary = provision.orthanc_binary()
+    home = run_dir / "orthanc"
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "db").mkdir(parents=True)
+    port = free_port()
+    config = {
+        "Name": "telerad-dev-pacs",
+        "StorageDirectory": str(home / "db"),
+        "IndexDirectory": str(home / "db"),
+        "HttpServerEnabled": True,
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
+        "HttpDescribeErrors": False,
+        "Plugins": [str(provision.orthanc_dicomweb_plugin())],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
+        "StorageCompression": False,
+    }
+    config_path = home / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = run_dir / "logs" / "orthanc.log"
+    progress(f"orthanc: starting on 127.0.0.1:{port}")
+    proc = ManagedProcess(
+        "orthanc", [str(binary), "--logfile=/dev/stdout", str(config_path)], log_path=log_path
+    )
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    auth = (ORTHANC_USER, ORTHANC_PASSWORD)
+    proc.wait_ready(lambda: _http_ok(f"{url}/system", auth=auth), timeout=timeout)
+    return Service(
+        "orthanc",
+        {"url": url, "dicomweb": f"{url}/dicom-web"},
+        log_path,
+        proc,
+        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD},
+    )
+
+
+# ----------------------------------------------------------------------------------- Keycloak
+def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
+    """Keycloak (dev mode, file database) with the telerad realms imported at start."""
+    home = provision.keycloak_home()
+    java_home = provision.java_home(21)
+    data = run_dir / "keycloak"
+    shutil.rmtree(data, ignore_errors=True)
+    imports = data / "import"
+    imports.mkdir(parents=True)
+    for realm in sorted(_resource("keycloak").glob("*.json")):
+        shutil.copy(realm, imports / realm.name)
+    port, mgmt_port = free_port(), free_port()
+    log_path = run_dir / "logs" / "keycloak.log"
+    env = {
+        "JAVA_HOME": java_home,
+        "JAVA_OPTS_KC_HEAP": "-Xms128m -Xmx768m",
+        "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
+        "KC_BOOTSTRAP_ADMIN_PASSWORD": KEYCLOAK_ADMIN_PASSWORD,
+    }
+    argv = [
+        str(home / "bin" / "kc.sh"),
+        "start-dev",
+        "--import-realm",
+        f"--http-port={port}",
+        "--http-host=127.0.0.1",
+        f"--http-management-port={mgmt_port}",
+        "--health-enabled=true",
+        "--cache=local",
+        f"--db-url-path={data / 'db'}" if False else "--db=dev-file",
+    ]
+    progress(f"keycloak: starting on 127.0.0.1:{port} (about a minute on two cores)")
+    proc = ManagedProcess("keycloak", argv, log_path=log_path, env=env, cwd=data)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_ready(
+        lambda: _http_ok(f"{url}/realms/hospital-a/.well-known/openid-configuration"),
+        timeout=timeout,
+        interval=1.0,
+    )
+    return Service(
+        "keycloak",
+        {
+            "url": url,
+            "hospital-a": f"{url}/realms/hospital-a",
+            "hospital-b": f"{url}/realms/hospital-b",
+        },
+        log_path,
+        proc,
+    )

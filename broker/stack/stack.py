@@ -1,0 +1,162 @@
+"""The whole dev/test stack: which backend serves each part, starting them together, the env.
+
+For each part the backend is chosen automatically, and reported:
+
+* ``external`` when an environment variable points at a running service
+  (``TELERAD_STACK_KAFKA_BOOTSTRAP``, ``TELERAD_STACK_OPA_URL``, ``TELERAD_STACK_KEYCLOAK_URL``,
+  ``TELERAD_STACK_ORTHANC_URL`` with ``TELERAD_STACK_ORTHANC_USER``/``_PASSWORD``);
+* ``process`` otherwise: the part is provisioned into the cache and run as a local process.
+  (With a Docker engine present, ``TELERAD_STACK_BACKEND=testcontainers`` selects containers;
+  see :mod:`broker.stack.containers`.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.stack import containers, services
+from broker.stack._procs import progress
+from broker.stack.services import Service
+
+__all__ = ["PARTS", "Stack", "repo_root"]
+
+PARTS = ("kafka", "opa", "keycloak", "orthanc")
+
+# Dev-only client secrets, matching broker/stack/resources/keycloak/*.json.
+_REALMS = {
+    "hospital-a": "dev-broker-secret-a",
+    "hospital-b": "dev-broker-secret-b",
+}
+
+
+def repo_root() -> Path:
+    """The checkout this package lives in (the stack serves the repo's own policies)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def _external(part: str) -> Service | None:
+    env = os.environ
+    if part == "kafka" and env.get("TELERAD_STACK_KAFKA_BOOTSTRAP"):
+        return Service(
+            "kafka", {"bootstrap": env["TELERAD_STACK_KAFKA_BOOTSTRAP"]}, Path("/dev/null")
+        )
+    if part == "opa" and env.get("TELERAD_STACK_OPA_URL"):
+        return Service("opa", {"url": env["TELERAD_STACK_OPA_URL"].rstrip("/")}, Path("/dev/null"))
+    if part == "keycloak" and env.get("TELERAD_STACK_KEYCLOAK_URL"):
+        url = env["TELERAD_STACK_KEYCLOAK_URL"].rstrip("/")
+        realms = {name: f"{url}/realms/{name}" for name in _REALMS}
+        return Service("keycloak", {"url": url, **realms}, Path("/dev/null"))
+    if part == "orthanc" and env.get("TELERAD_STACK_ORTHANC_URL"):
+        url = env["TELERAD_STACK_ORTHANC_URL"].rstrip("/")
+        return Service(
+            "orthanc",
+            {"url": url, "dicomweb": f"{url}/dicom-web"},
+            Path("/dev/null"),
+            extra={
+                "user": env.get("TELERAD_STACK_ORTHANC_USER", services.ORTHANC_USER),
+                "password": env.get("TELERAD_STACK_ORTHANC_PASSWORD", services.ORTHANC_PASSWORD),
+            },
+        )
+    return None
+
+
+@dataclass
+class Stack:
+    """The running parts of the stack, by name, and where their logs are."""
+
+    run_dir: Path
+    services: dict[str, Service] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, parts: tuple[str, ...] = PARTS, run_dir: Path | None = None) -> Stack:
+        """Start ``parts`` concurrently; on any failure stop what did start and re-raise."""
+        run_dir = run_dir or Path(tempfile.mkdtemp(prefix="telerad-stack-"))
+        stack = cls(run_dir)
+        starters: dict[str, Callable[[], Service]] = {}
+        use_containers = containers.selected()
+        for part in parts:
+            external = _external(part)
+            if external is not None:
+                stack.services[part] = external
+                stack.backends[part] = "external"
+            elif use_containers:
+                starters[part] = containers.starter(part, repo_root())
+                stack.backends[part] = "testcontainers"
+            else:
+                starters[part] = _process_starter(part, run_dir)
+                stack.backends[part] = "process"
+        progress("backends: " + ", ".join(f"{p}={b}" for p, b in stack.backends.items()))
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=len(starters) or 1) as pool:
+            futures = {part: pool.submit(start) for part, start in starters.items()}
+            for part, future in futures.items():
+                try:
+                    stack.services[part] = future.result()
+                except BaseException as exc:  # noqa: BLE001 - collected, the rest stopped, re-raised
+                    errors.append(exc)
+        if errors:
+            stack.stop()
+            raise errors[0]
+        if "orthanc" in stack.services:
+            from broker.stack.samples import load_samples
+
+            load_samples(stack.services["orthanc"])
+        progress(
+            "stack ready: " + ", ".join(f"{n} {s.endpoints}" for n, s in stack.services.items())
+        )
+        return stack
+
+    def stop(self) -> None:
+        """Stop every part this stack started (external ones are left alone)."""
+        for name, service in self.services.items():
+            if self.backends.get(name) != "external":
+                service.stop()
+
+    def broker_env(self) -> dict[str, str]:
+        """``TELERAD_*`` variables that point the broker at this stack."""
+        env: dict[str, str] = {"TELERAD_ENVIRONMENT": "development"}
+        if kafka := self.services.get("kafka"):
+            env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"] = kafka.endpoints["bootstrap"]
+        if opa := self.services.get("opa"):
+            env["TELERAD_OPA__URL"] = opa.endpoints["url"]
+        if orthanc := self.services.get("orthanc"):
+            env["TELERAD_PACS__URL"] = orthanc.endpoints["dicomweb"]
+            env["TELERAD_PACS__USERNAME"] = str(orthanc.extra["user"])
+            env["TELERAD_PACS__PASSWORD"] = str(orthanc.extra["password"])
+        if keycloak := self.services.get("keycloak"):
+            env["TELERAD_ISSUERS"] = json.dumps(
+                [
+                    {
+                        "issuer": keycloak.endpoints[realm],
+                        "audiences": ["telerad-broker"],
+                        "algorithms": ["RS256", "PS256", "ES256"],
+                        "client_id": "telerad-broker",
+                        "client_secret": secret,
+                    }
+                    for realm, secret in _REALMS.items()
+                ]
+            )
+        return env
+
+
+def _process_starter(part: str, run_dir: Path) -> Callable[[], Service]:
+    root = repo_root()
+    if part == "kafka":
+        return lambda: services.start_kafka(run_dir)
+    if part == "opa":
+        policy_paths = [root / "policies" / "telerad", root / "policies" / "data"]
+        return lambda: services.start_opa(
+            run_dir, policy_paths=[p for p in policy_paths if p.exists()]
+        )
+    if part == "keycloak":
+        return lambda: services.start_keycloak(run_dir)
+    if part == "orthanc":
+        return lambda: services.start_orthanc(run_dir)
+    raise ValueError(f"unknown stack part {part!r}")

@@ -1,0 +1,38 @@
+"""What the app's lifespan opens, typed, and how handlers reach it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from authlib.integrations.starlette_client import OAuth
+from starlette.requests import HTTPConnection
+
+from broker.audit import AuditSink
+from broker.config import Settings
+from broker.health import ReadinessChecker
+from broker.identity.bearer import BearerValidator
+from broker.opa import OpaGateway
+from broker.revocation import Revocations
+
+__all__ = ["AppState", "state_of"]
+
+
+@dataclass
+class AppState:
+    """Clients and services shared by every request of one process."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    opa: OpaGateway
+    readiness: ReadinessChecker
+    bearer: BearerValidator
+    oauth: OAuth
+    audit: AuditSink
+    revocations: Revocations
+
+
+def state_of(connection: HTTPConnection) -> AppState:
+    """The app state of the request's application."""
+    state: AppState = connection.app.state.telerad
+    return state

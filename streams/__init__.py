@@ -1,0 +1,1 @@
+"""Audit-stream consumers: the tamper-evident ledger, alerts and exports."""

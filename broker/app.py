@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from broker import __version__
+from broker.api import router as api_router
 from broker.audit import AuditSink, LogSink
 from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
+from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
 from broker.errors import install_error_handlers
 from broker.health import ReadinessChecker
 from broker.identity.bearer import BearerValidator
-from broker.identity.dependencies import CurrentPrincipal
 from broker.identity.login import build_oauth
 from broker.identity.login import router as auth_router
 from broker.identity.sessions import EncryptedSessionMiddleware
 from broker.logs import configure_logging
 from broker.opa import OpaGateway
+from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations
 from broker.state import AppState, state_of
 
@@ -44,11 +46,20 @@ def session_keyring(settings: Settings) -> KeyRing:
     return KeyRing.ephemeral()
 
 
+def _pseudonym_key(settings: Settings) -> bytes:
+    if settings.pseudonym_key is not None:
+        return b64u_decode(settings.pseudonym_key.get_secret_value())
+    if settings.environment == "production":
+        raise ValueError("TELERAD_PSEUDONYM_KEY is required in production")
+    return os.urandom(32)
+
+
 def create_app(settings: Settings | None = None, *, audit: AuditSink | None = None) -> FastAPI:
     """Build the broker application."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     revocations = Revocations()
+    pseudonym_key = _pseudonym_key(settings)
     audit_sink: AuditSink = audit or LogSink()
 
     @asynccontextmanager
@@ -66,6 +77,14 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
                     audit=audit_sink,
                     revocations=revocations,
+                    facts=StudyFactsSource(
+                        settings.pacs,
+                        http,
+                        FactsCatalog.load(settings.facts_file),
+                        pseudonym_key=pseudonym_key,
+                        ttl_seconds=settings.facts_ttl_seconds,
+                    ),
+                    enforcer=PolicyEnforcer(opa, audit_sink),
                 )
                 yield
             finally:
@@ -90,6 +109,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         absolute_seconds=settings.identity.session_absolute_seconds,
     )
     app.include_router(auth_router)
+    app.include_router(api_router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -107,17 +127,5 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             },
         }
         return JSONResponse(body, status_code=200 if ready else 503)
-
-    @app.get("/api/me", tags=["identity"], summary="Who the broker takes the caller to be")
-    async def me(principal: CurrentPrincipal) -> dict[str, Any]:
-        return {
-            "id": principal.id,
-            "issuer": principal.issuer,
-            "roles": list(principal.roles),
-            "acr": principal.acr,
-            "amr": list(principal.amr),
-            "via": principal.via,
-            "name": principal.name,
-        }
 
     return app

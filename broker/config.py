@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -135,6 +136,11 @@ class Settings(BaseSettings):
 
     issuers: list[IssuerSettings] = Field(default_factory=list)
     identity: IdentitySettings = IdentitySettings()
+    # The hospital-fed study facts (institution → facility; labels, consent, referrer by study).
+    facts_file: Path | None = None
+    facts_ttl_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    # HMAC key for patient pseudonyms in policy input and audit events (base64url, 32 bytes).
+    pseudonym_key: SecretStr | None = None
     opa: OpaSettings = OpaSettings()
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()

@@ -25,6 +25,7 @@ __all__ = [
     "Forbidden",
     "Gone",
     "NotFound",
+    "StepUpRequired",
     "TeleradError",
     "Unauthenticated",
     "UpstreamError",
@@ -63,6 +64,23 @@ class Unauthenticated(TeleradError):
     def __init__(self, message: str | None = None, *, error: str = "invalid_token") -> None:
         super().__init__(message, headers={"WWW-Authenticate": f'Bearer error="{error}"'})
         self.code = error
+
+
+class StepUpRequired(Unauthenticated):
+    """The policy wants a stronger or fresher authentication (RFC 9470 section 3)."""
+
+    def __init__(self, acr: str | None, max_age: int | None, login_url: str | None = None) -> None:
+        super().__init__(
+            "A stronger or more recent authentication is required.",
+            error="insufficient_user_authentication",
+        )
+        challenge = 'Bearer error="insufficient_user_authentication"'
+        if acr:
+            challenge += f', acr_values="{acr}"'
+        if max_age is not None:
+            challenge += f', max_age="{max_age}"'
+        self.headers = {"WWW-Authenticate": challenge}
+        self.login_url = login_url
 
 
 class Forbidden(TeleradError):
@@ -104,7 +122,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def telerad_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TeleradError)
-        return JSONResponse(_body(exc.code, exc.detail), exc.status_code, headers=exc.headers)
+        body = _body(exc.code, exc.detail)
+        if isinstance(exc, StepUpRequired) and exc.login_url:
+            body["login_url"] = exc.login_url
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

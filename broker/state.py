@@ -10,9 +10,11 @@ from starlette.requests import HTTPConnection
 
 from broker.audit import AuditSink
 from broker.config import Settings
+from broker.dicomweb.facts import StudyFactsSource
 from broker.health import ReadinessChecker
 from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
+from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations
 
 __all__ = ["AppState", "state_of"]
@@ -30,6 +32,8 @@ class AppState:
     oauth: OAuth
     audit: AuditSink
     revocations: Revocations
+    facts: StudyFactsSource
+    enforcer: PolicyEnforcer
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -61,6 +61,8 @@ def strict_json(raw: bytes) -> dict[str, Any]:
 
     try:
         value = json.loads(raw, object_pairs_hook=no_duplicates)
+    except TokenRejected:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise TokenRejected("malformed") from exc
     if not isinstance(value, dict):

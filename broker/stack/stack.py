@@ -119,9 +119,18 @@ class Stack:
             if self.backends.get(name) != "external":
                 service.stop()
 
+    def _write_facts(self) -> Path:
+        path = self.run_dir / "facts.json"
+        path.write_text(json.dumps(_facts_catalog(), indent=2))
+        return path
+
     def broker_env(self) -> dict[str, str]:
         """``TELERAD_*`` variables that point the broker at this stack."""
-        env: dict[str, str] = {"TELERAD_ENVIRONMENT": "development"}
+        env: dict[str, str] = {
+            "TELERAD_ENVIRONMENT": "development",
+            # The loopback stack speaks plain HTTP, where a Secure cookie would never come back.
+            "TELERAD_IDENTITY__SESSION_COOKIE_SECURE": "false",
+        }
         if kafka := self.services.get("kafka"):
             env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"] = kafka.endpoints["bootstrap"]
         if opa := self.services.get("opa"):
@@ -130,6 +139,7 @@ class Stack:
             env["TELERAD_PACS__URL"] = orthanc.endpoints["dicomweb"]
             env["TELERAD_PACS__USERNAME"] = str(orthanc.extra["user"])
             env["TELERAD_PACS__PASSWORD"] = str(orthanc.extra["password"])
+            env["TELERAD_FACTS_FILE"] = str(self._write_facts())
         if keycloak := self.services.get("keycloak"):
             env["TELERAD_ISSUERS"] = json.dumps(
                 [
@@ -144,6 +154,23 @@ class Stack:
                 ]
             )
         return env
+
+
+def _facts_catalog() -> dict[str, object]:
+    from broker.stack.samples import sample_studies
+
+    studies = sample_studies()
+    return {
+        "institutions": {s.raw["institution"]: s.facility for s in studies},
+        "studies": {
+            s.study_uid: {
+                "labels": list(s.labels),
+                "consent": s.consent,
+                "referring_physician": s.referring_physician,
+            }
+            for s in studies
+        },
+    }
 
 
 def _process_starter(part: str, run_dir: Path) -> Callable[[], Service]:

@@ -1,0 +1,125 @@
+"""The single enforcement path: input built here, decided by OPA, audited before it counts.
+
+Every protected route that touches a study calls :meth:`PolicyEnforcer.authorize`. It never
+decides by itself: it builds the policy input from the principal, the action, the study's facts
+and the request context, asks OPA (fail closed), records the decision as an audit event — allow
+and deny alike — and only then returns it. If the audit record cannot be made durable the
+request is refused with 503: no grant without a durable record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from broker.audit import AuditEvent, AuditSink, AuditUnavailable, EventKind, Outcome
+from broker.dicomweb.facts import StudyFacts
+from broker.errors import DependencyUnavailable
+from broker.identity.principal import Principal
+from broker.opa import Decision, OpaGateway
+
+__all__ = ["Action", "PolicyEnforcer", "RequestContext"]
+
+Action = str  # "issue_link" | "redeem" | "search" | "read_audit"
+
+_BREAK_GLASS_MAX = 1000  # characters of justification kept
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Where and when a request came from, as the policy and the audit see it."""
+
+    client_ip: str | None
+    user_agent: str | None
+    now: float
+
+    @classmethod
+    def of(cls, request: Request) -> RequestContext:
+        return cls(
+            client_ip=request.client.host if request.client else None,
+            user_agent=(request.headers.get("user-agent") or "")[:256] or None,
+            now=time.time(),
+        )
+
+
+class PolicyEnforcer:
+    """Builds policy input, asks OPA, audits the decision."""
+
+    def __init__(self, opa: OpaGateway, audit: AuditSink) -> None:
+        self._opa = opa
+        self._audit = audit
+
+    @staticmethod
+    def build_input(
+        principal: Principal,
+        action: Action,
+        operations: list[str],
+        facts: StudyFacts | None,
+        context: RequestContext,
+        break_glass: str | None = None,
+    ) -> dict[str, Any]:
+        """The policy's ``input`` document (see policies/schemas/input.schema.json)."""
+        justification = (break_glass or "").strip()[:_BREAK_GLASS_MAX]
+        document: dict[str, Any] = {
+            "action": action,
+            "operations": sorted(set(operations)),
+            "subject": principal.policy_subject(),
+            "context": {
+                "now": int(context.now),
+                "client_ip": context.client_ip,
+                "break_glass": {"justification": justification} if justification else None,
+            },
+        }
+        if facts is not None:
+            document["resource"] = facts.policy_resource()
+            if facts.consent is not None:
+                document["context"]["consent"] = {"external_reading": facts.consent}
+        return document
+
+    async def authorize(
+        self,
+        principal: Principal,
+        action: Action,
+        operations: list[str],
+        facts: StudyFacts | None,
+        context: RequestContext,
+        *,
+        break_glass: str | None = None,
+    ) -> Decision:
+        """Decide and audit; raise :class:`DependencyUnavailable` if the audit is not durable."""
+        policy_input = self.build_input(principal, action, operations, facts, context, break_glass)
+        decision = await self._opa.decide(policy_input)
+        event = AuditEvent(
+            kind=EventKind.DECISION,
+            outcome=Outcome.ALLOW if decision.allow else Outcome.DENY,
+            subject=principal.id,
+            issuer=principal.issuer,
+            roles=list(principal.roles),
+            action=action,
+            study_uid=facts.study_uid if facts else None,
+            operations=sorted(set(operations)),
+            reasons=[r.code for r in decision.reasons],
+            decision_id=decision.decision_id,
+            policy_revision=decision.policy_revision,
+            client_ip=context.client_ip,
+            user_agent=context.user_agent,
+            purpose=policy_input["context"]["break_glass"]["justification"]
+            if policy_input["context"]["break_glass"]
+            else None,
+            session_id=principal.session_id,
+            detail={"obligations": decision.obligations} if decision.allow else {},
+        )
+        try:
+            await self._audit.emit(event)
+            if decision.allow and decision.obligations.get("break_glass"):
+                await self._audit.emit(
+                    event.model_copy(update={"id": f"{event.id}-bg", "kind": EventKind.BREAK_GLASS})
+                )
+        except AuditUnavailable as exc:
+            raise DependencyUnavailable(
+                "The audit trail is unavailable; nothing was granted."
+            ) from exc
+        return decision

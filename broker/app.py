@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 
 from broker import __version__
 from broker.api import router as api_router
@@ -17,33 +18,54 @@ from broker.audit import AuditSink, LogSink
 from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
+from broker.dicomweb.proxy import DicomwebProxy
 from broker.errors import install_error_handlers
 from broker.health import ReadinessChecker
 from broker.identity.bearer import BearerValidator
 from broker.identity.login import build_oauth
 from broker.identity.login import router as auth_router
 from broker.identity.sessions import EncryptedSessionMiddleware
+from broker.links.endpoints import api_router as links_api_router
+from broker.links.endpoints import redeem_router
+from broker.links.token import LinkCodec
 from broker.logs import configure_logging
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations
 from broker.state import AppState, state_of
 
-__all__ = ["create_app", "session_keyring"]
+__all__ = ["create_app", "link_keyring", "session_keyring"]
 
 log = logging.getLogger("telerad.app")
 
 
-def session_keyring(settings: Settings) -> KeyRing:
-    """The session key ring from settings; an ephemeral key only outside production."""
-    identity = settings.identity
-    if identity.session_keys:
-        keys = {kid: b64u_decode(v.get_secret_value()) for kid, v in identity.session_keys.items()}
-        return KeyRing(keys, identity.session_active_key or sorted(keys)[-1])
+def _keyring(
+    settings: Settings, keys: dict[str, SecretStr], active: str | None, variable: str
+) -> KeyRing:
+    """A key ring from settings; an ephemeral key only outside production."""
+    if keys:
+        raw = {kid: b64u_decode(value.get_secret_value()) for kid, value in keys.items()}
+        return KeyRing(raw, active or sorted(raw)[-1])
     if settings.environment == "production":
-        raise ValueError("TELERAD_IDENTITY__SESSION_KEYS is required in production")
-    log.warning("no session keys configured: using an ephemeral key (sessions end at restart)")
+        raise ValueError(f"{variable} is required in production")
+    log.warning("no keys in %s: using an ephemeral key (gone at restart)", variable)
     return KeyRing.ephemeral()
+
+
+def session_keyring(settings: Settings) -> KeyRing:
+    """The session key ring."""
+    identity = settings.identity
+    return _keyring(
+        settings,
+        identity.session_keys,
+        identity.session_active_key,
+        "TELERAD_IDENTITY__SESSION_KEYS",
+    )
+
+
+def link_keyring(settings: Settings) -> KeyRing:
+    """The study-link key ring."""
+    return _keyring(settings, settings.links.keys, settings.links.active_key, "TELERAD_LINKS__KEYS")
 
 
 def _pseudonym_key(settings: Settings) -> bytes:
@@ -60,6 +82,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     configure_logging(settings.log_level)
     revocations = Revocations()
     pseudonym_key = _pseudonym_key(settings)
+    links = LinkCodec(link_keyring(settings))
     audit_sink: AuditSink = audit or LogSink()
 
     @asynccontextmanager
@@ -85,6 +108,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                         ttl_seconds=settings.facts_ttl_seconds,
                     ),
                     enforcer=PolicyEnforcer(opa, audit_sink),
+                    links=links,
+                    proxy=DicomwebProxy(settings.pacs, http),
                 )
                 yield
             finally:
@@ -110,6 +135,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     )
     app.include_router(auth_router)
     app.include_router(api_router)
+    app.include_router(links_api_router)
+    app.include_router(redeem_router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

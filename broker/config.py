@@ -20,6 +20,7 @@ __all__ = [
     "IdentitySettings",
     "IssuerSettings",
     "KafkaSettings",
+    "LinkSettings",
     "OpaSettings",
     "PacsSettings",
     "Settings",
@@ -89,6 +90,13 @@ class IdentitySettings(_Section):
     scopes: str = "openid profile"
 
 
+class LinkSettings(_Section):
+    """Study-link sealing keys: AES-256 (base64url, 32 bytes) by key id; the active one seals."""
+
+    keys: dict[str, SecretStr] = Field(default_factory=dict)
+    active_key: str | None = None
+
+
 class OpaSettings(_Section):
     """The OPA sidecar that decides every request."""
 
@@ -136,6 +144,7 @@ class Settings(BaseSettings):
 
     issuers: list[IssuerSettings] = Field(default_factory=list)
     identity: IdentitySettings = IdentitySettings()
+    links: LinkSettings = LinkSettings()
     # The hospital-fed study facts (institution → facility; labels, consent, referrer by study).
     facts_file: Path | None = None
     facts_ttl_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0

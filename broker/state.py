@@ -11,8 +11,10 @@ from starlette.requests import HTTPConnection
 from broker.audit import AuditSink
 from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
+from broker.dicomweb.proxy import DicomwebProxy
 from broker.health import ReadinessChecker
 from broker.identity.bearer import BearerValidator
+from broker.links.token import LinkCodec
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations
@@ -34,6 +36,8 @@ class AppState:
     revocations: Revocations
     facts: StudyFactsSource
     enforcer: PolicyEnforcer
+    links: LinkCodec
+    proxy: DicomwebProxy
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -225,21 +225,43 @@ def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
 
 
 # ----------------------------------------------------------------------------------- Keycloak
-def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
-    """Keycloak (dev mode, file database) with the telerad realms imported at start."""
-    home = provision.keycloak_home()
-    java_home = provision.java_home(21)
-    data = run_dir / "keycloak"
-    shutil.rmtree(data, ignore_errors=True)
-    imports = data / "import"
+def _keycloak_run_home(dist: Path, home: Path) -> Path:
+    """A Keycloak home of our own: the cached distribution linked in, ``data/`` per run.
+
+    Keycloak imports realms only from ``<home>/data/import`` and keeps its database under
+    ``<home>/data``, so each run gets its own home; ``kc.sh`` is copied (it resolves its home
+    from its own real path) and the rest is linked.
+    """
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "bin").mkdir(parents=True)
+    for entry in dist.iterdir():
+        if entry.name in ("bin", "data", "conf"):
+            continue
+        (home / entry.name).symlink_to(entry)
+    shutil.copytree(dist / "conf", home / "conf")
+    for entry in (dist / "bin").iterdir():
+        if entry.name == "kc.sh":
+            shutil.copy2(entry, home / "bin" / "kc.sh")
+        else:
+            (home / "bin" / entry.name).symlink_to(entry)
+    imports = home / "data" / "import"
     imports.mkdir(parents=True)
     for realm in sorted(_resource("keycloak").glob("*.json")):
         shutil.copy(realm, imports / realm.name)
-    port, mgmt_port = free_port(), free_port()
+    return home
+
+
+def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
+    """Keycloak in dev mode with the telerad realms imported into a fresh in-memory database."""
+    dist = provision.keycloak_home()
+    java_home = provision.java_home(21)
+    home = _keycloak_run_home(dist, run_dir / "keycloak")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     log_path = run_dir / "logs" / "keycloak.log"
     env = {
         "JAVA_HOME": java_home,
-        "JAVA_OPTS_KC_HEAP": "-Xms128m -Xmx768m",
+        "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx768m",
         "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
         "KC_BOOTSTRAP_ADMIN_PASSWORD": KEYCLOAK_ADMIN_PASSWORD,
     }
@@ -247,29 +269,18 @@ def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
         str(home / "bin" / "kc.sh"),
         "start-dev",
         "--import-realm",
-        f"--http-port={port}",
+        "--db=dev-mem",  # a fresh import every start: the realms always match the repo's files
         "--http-host=127.0.0.1",
-        f"--http-management-port={mgmt_port}",
+        f"--http-port={port}",
+        f"--hostname={url}",  # pins `iss`; otherwise dev mode builds it from the Host header
         "--health-enabled=true",
-        "--cache=local",
-        f"--db-url-path={data / 'db'}" if False else "--db=dev-file",
+        "--http-management-health-enabled=false",  # health on the main port, no port 9000
     ]
-    progress(f"keycloak: starting on 127.0.0.1:{port} (about a minute on two cores)")
-    proc = ManagedProcess("keycloak", argv, log_path=log_path, env=env, cwd=data)
+    progress(f"keycloak: starting on 127.0.0.1:{port} (20-40 s on two cores)")
+    proc = ManagedProcess("keycloak", argv, log_path=log_path, env=env, cwd=home)
     proc.start()
-    url = f"http://127.0.0.1:{port}"
-    proc.wait_ready(
-        lambda: _http_ok(f"{url}/realms/hospital-a/.well-known/openid-configuration"),
-        timeout=timeout,
-        interval=1.0,
-    )
+    proc.wait_ready(lambda: _http_ok(f"{url}/health/ready"), timeout=timeout, interval=1.0)
+    realms = ("hospital-a", "hospital-b", "northstar-reading")
     return Service(
-        "keycloak",
-        {
-            "url": url,
-            "hospital-a": f"{url}/realms/hospital-a",
-            "hospital-b": f"{url}/realms/hospital-b",
-        },
-        log_path,
-        proc,
+        "keycloak", {"url": url, **{r: f"{url}/realms/{r}" for r in realms}}, log_path, proc
     )

@@ -1,0 +1,269 @@
+"""Issuing, redeeming and revoking study links.
+
+    POST /api/links                              issue (policy action ``issue_link``)
+    POST /api/links/{link_id}/revoke             revoke one of one's own links
+    GET  /links/{token}/dicom-web/{path}         redeem: DICOMweb below the linked study
+
+Redemption, on every request: open the token (404 if it does not open, 410 once expired or
+revoked), authenticate the caller and check the link's binding (403 for anyone else), ask the
+policy again (action ``redeem``), audit, and only then proxy to the PACS.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.audit import AuditEvent, AuditUnavailable, EventKind, Outcome
+from broker.dicomweb.proxy import parse_path
+from broker.errors import (
+    DependencyUnavailable,
+    Forbidden,
+    Gone,
+    NotFound,
+    StepUpRequired,
+    TeleradError,
+)
+from broker.identity.dependencies import CurrentPrincipal, current_principal
+from broker.identity.principal import Principal
+from broker.links.token import LinkClaims, LinkInvalid
+from broker.opa import Decision
+from broker.policy import RequestContext
+from broker.revocation import RevocationKind
+from broker.state import AppState, state_of
+
+__all__ = ["IssueLinkRequest", "api_router", "redeem_router"]
+
+api_router = APIRouter(prefix="/api/links", tags=["links"])
+redeem_router = APIRouter(prefix="/links", tags=["links"])
+
+_MAX_TTL = 3600  # seconds; a policy obligation above this is clamped
+
+
+class IssueLinkRequest(BaseModel):
+    """A link for one study, for the operations wanted."""
+
+    model_config = ConfigDict(extra="forbid")
+    study_uid: Annotated[str, Field(min_length=1, max_length=64)]
+    operations: Annotated[list[Literal["view", "download"]], Field(min_length=1, max_length=2)] = [
+        "view"
+    ]
+    break_glass_justification: Annotated[str | None, Field(max_length=1000)] = None
+
+
+def _binding(principal: Principal) -> dict[str, str]:
+    if principal.via == "session" and principal.session_id:
+        return {"sid": principal.session_id}
+    return {"sub": f"{principal.issuer}#{principal.id}"}
+
+
+def _bound_to(claims: LinkClaims, principal: Principal) -> bool:
+    ((kind, value),) = claims.binding.items()
+    if kind == "sid":
+        return principal.via == "session" and principal.session_id == value
+    if kind == "sub":
+        return f"{principal.issuer}#{principal.id}" == value
+    return False
+
+
+def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
+    """Turn a denial into the right error: step-up (401) or forbidden (403)."""
+    step_up = decision.obligations.get("step_up")
+    codes = [r.code for r in decision.reasons]
+    if isinstance(step_up, dict) and codes == ["step_up_required"]:
+        acr, max_age = step_up.get("acr"), step_up.get("max_age")
+        login_url = None
+        if principal.via == "session":
+            login_url = f"/auth/login?acr_values={acr}" + (
+                f"&max_age={max_age}" if max_age is not None else ""
+            )
+        raise StepUpRequired(acr, max_age, login_url)
+    if any(code.startswith("policy_") for code in codes):
+        raise DependencyUnavailable("The policy service is unavailable; nothing was granted.")
+    raise Forbidden("The policy does not allow this: " + ", ".join(codes))
+
+
+@api_router.post("", summary="Issue a short-lived link to one study")
+async def issue_link(
+    body: IssueLinkRequest, principal: CurrentPrincipal, request: Request
+) -> dict[str, Any]:
+    state = state_of(request)
+    context = RequestContext.of(request)
+    facts = await state.facts.get(body.study_uid)
+    decision = await state.enforcer.authorize(
+        principal,
+        "issue_link",
+        list(body.operations),
+        facts,
+        context,
+        break_glass=body.break_glass_justification,
+    )
+    if not decision.allow:
+        _refuse(decision, principal, request)
+    ttl = min(int(decision.obligations.get("link_ttl_seconds", 0)), _MAX_TTL)
+    granted = [op for op in decision.obligations.get("operations", []) if op in body.operations]
+    if ttl <= 0 or not granted:
+        raise Forbidden("The policy granted nothing to link.")
+    now = int(context.now)
+    claims = LinkClaims(
+        subject=principal.id,
+        issuer=principal.issuer,
+        study_uid=facts.study_uid,
+        operations=tuple(sorted(granted)),
+        expires_at=now + ttl,
+        issued_at=now,
+        decision_id=decision.decision_id,
+        binding=_binding(principal),
+        bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
+    )
+    token = state.links.seal(claims)
+    await _audit(
+        state,
+        AuditEvent(
+            kind=EventKind.LINK_ISSUED,
+            outcome=Outcome.SUCCESS,
+            subject=principal.id,
+            issuer=principal.issuer,
+            roles=list(principal.roles),
+            action="issue_link",
+            study_uid=facts.study_uid,
+            operations=list(claims.operations),
+            decision_id=decision.decision_id,
+            link_id=claims.link_id,
+            client_ip=context.client_ip,
+            user_agent=context.user_agent,
+            session_id=principal.session_id,
+            detail={"expires_at": claims.expires_at},
+        ),
+    )
+    base = str(state.settings.public_url).rstrip("/")
+    return {
+        "url": f"{base}/links/{token}/dicom-web/studies/{facts.study_uid}",
+        "dicomweb_root": f"{base}/links/{token}/dicom-web",
+        "link_id": claims.link_id,
+        "expires_at": claims.expires_at,
+        "operations": list(claims.operations),
+    }
+
+
+@api_router.post("/{link_id}/revoke", summary="Revoke one of your own links", status_code=204)
+async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Request) -> Response:
+    state = state_of(request)
+    if not (0 < len(link_id) <= 64):
+        raise NotFound()
+    # Anyone may revoke a link id they hold; only its owner could have learnt it (it is inside
+    # the sealed token and in the issue response), and revoking only ever takes access away.
+    state.revocations.revoke(RevocationKind.LINK, link_id, until=time.time() + _MAX_TTL + 60)
+    await _audit(
+        state,
+        AuditEvent(
+            kind=EventKind.REVOKED,
+            outcome=Outcome.SUCCESS,
+            subject=principal.id,
+            issuer=principal.issuer,
+            link_id=link_id,
+            detail={"by": "owner"},
+            **_ctx(request),
+        ),
+    )
+    return Response(status_code=204)
+
+
+@redeem_router.get("/{token}/dicom-web/{path:path}", summary="DICOMweb below the linked study")
+async def redeem(token: str, path: str, request: Request) -> Response:
+    state = state_of(request)
+    context = RequestContext.of(request)
+    claims: LinkClaims | None = None
+    principal: Principal | None = None
+    operation: str | None = None
+    reason = "invalid_link"
+    try:
+        try:
+            claims = state.links.open(token)
+        except LinkInvalid:
+            raise NotFound() from None
+        reason = "expired"
+        if claims.expires_at <= context.now:
+            raise Gone()
+        reason = "revoked"
+        if state.revocations.is_revoked(RevocationKind.LINK, claims.link_id):
+            raise Gone("This link has been revoked.")
+        reason = "path_not_allowed"
+        raw_path = request.scope.get("raw_path", b"").decode("latin-1").lower()
+        if any(escape in raw_path for escape in ("%2f", "%5c", "%2e")):
+            raise NotFound()
+        parsed = parse_path(path, claims.study_uid)
+        operation = parsed.operation
+        reason = "unauthenticated"
+        principal = await current_principal(request)
+        reason = "not_link_holder"
+        if not _bound_to(claims, principal) or principal.id != claims.subject:
+            raise Forbidden("This link was issued to someone else.")
+        reason = "operation_not_in_link"
+        if parsed.operation not in claims.operations:
+            raise Forbidden("This link does not allow that operation.")
+        reason = "study_unavailable"
+        facts = await state.facts.get(claims.study_uid)
+        reason = "policy_denied"
+        decision = await state.enforcer.authorize(
+            principal, "redeem", [parsed.operation], facts, context
+        )
+        if not decision.allow:
+            _refuse(decision, principal, request)
+    except TeleradError as exc:
+        await _audit_redeem(state, claims, principal, operation, Outcome.DENY, [reason], context)
+        raise exc from None
+    await _audit_redeem(state, claims, principal, operation, Outcome.ALLOW, [], context, decision)
+    link_base = f"{str(state.settings.public_url).rstrip('/')}/links/{token}/dicom-web"
+    return await state.proxy.forward(
+        parsed, list(request.query_params.multi_items()), dict(request.headers), link_base
+    )
+
+
+async def _audit_redeem(
+    state: AppState,
+    claims: LinkClaims | None,
+    principal: Principal | None,
+    operation: str | None,
+    outcome: Outcome,
+    reasons: list[str],
+    context: RequestContext,
+    decision: Decision | None = None,
+) -> None:
+    await _audit(
+        state,
+        AuditEvent(
+            kind=EventKind.LINK_REDEEMED,
+            outcome=outcome,
+            subject=principal.id if principal else None,
+            issuer=principal.issuer if principal else None,
+            action="redeem",
+            study_uid=claims.study_uid if claims else None,
+            operations=[operation] if operation else [],
+            reasons=reasons,
+            decision_id=decision.decision_id if decision else None,
+            link_id=claims.link_id if claims else None,
+            client_ip=context.client_ip,
+            user_agent=context.user_agent,
+            session_id=principal.session_id if principal else None,
+            detail={"link_subject": claims.subject} if claims else {},
+        ),
+    )
+
+
+async def _audit(state: AppState, event: AuditEvent) -> None:
+    try:
+        await state.audit.emit(event)
+    except AuditUnavailable as exc:
+        raise DependencyUnavailable("The audit trail is unavailable; nothing was granted.") from exc
+
+
+def _ctx(request: Request) -> dict[str, Any]:
+    return {
+        "client_ip": request.client.host if request.client else None,
+        "user_agent": (request.headers.get("user-agent") or "")[:256] or None,
+    }

@@ -1,0 +1,86 @@
+"""Talking to the real IdP from tests: password-grant tokens and a browser login over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import re
+import struct
+import time
+
+import httpx
+
+# Dev-only values from broker/stack/resources/keycloak/*.json.
+PASSWORD = "dev-password"
+API_SECRETS = {"hospital-a": "dev-api-secret-a", "hospital-b": "dev-api-secret-b"}
+EVE_TOTP_BASE32 = "ORSWYZLSMFSC2ZDFOYWWK5TFFV2G65DQ"
+
+_FORM_ACTION = re.compile(r'<form[^>]*\baction="([^"]+)"', re.IGNORECASE)
+
+
+def totp(secret_base32: str, at: float | None = None) -> str:
+    """RFC 6238 TOTP (SHA-1, 6 digits, 30 s)."""
+    key = base64.b32decode(secret_base32)
+    counter = int((at or time.time()) // 30)
+    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    code = (struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000
+    return f"{code:06d}"
+
+
+def password_token(realm_url: str, username: str, realm: str = "hospital-a", **extra: str) -> str:
+    """An access token from a real password grant (the test client `telerad-api`)."""
+    response = httpx.post(
+        f"{realm_url}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": "telerad-api",
+            "client_secret": API_SECRETS[realm],
+            "username": username,
+            "password": PASSWORD,
+            "scope": "openid",
+            **extra,
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def form_action(page: str) -> str:
+    match = _FORM_ACTION.search(page)
+    assert match, f"no form on the IdP page:\n{page[:2000]}"
+    return html.unescape(match.group(1))
+
+
+async def browser_login(
+    client: httpx.AsyncClient,
+    broker_url: str,
+    *,
+    idp: str,
+    username: str,
+    next_path: str = "/api/me",
+    otp_secret: str | None = None,
+    acr_values: str | None = None,
+) -> httpx.Response:
+    """Drive the real login: broker → IdP login form (→ OTP form) → broker callback → next."""
+    params = {"idp": idp, "next": next_path}
+    if acr_values:
+        params["acr_values"] = acr_values
+    start = await client.get(f"{broker_url}/auth/login", params=params)
+    assert start.status_code == 302, start.text
+    page = await client.get(start.headers["location"])
+    assert page.status_code == 200, page.text
+    answer = await client.post(
+        form_action(page.text),
+        data={"username": username, "password": PASSWORD, "credentialId": ""},
+    )
+    if answer.status_code == 200 and otp_secret is not None:
+        answer = await client.post(form_action(answer.text), data={"otp": totp(otp_secret)})
+    assert answer.status_code == 302, answer.text[:2000]
+    callback = answer.headers["location"]
+    assert callback.startswith(f"{broker_url}/auth/callback"), callback
+    return await client.get(callback)

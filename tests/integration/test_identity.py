@@ -1,0 +1,240 @@
+"""Identity against the real IdP (Keycloak): browser login, bearer tokens, attacks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from broker.stack.stack import Stack
+from tests.integration.conftest import Broker
+from tests.integration.helpers import EVE_TOTP_BASE32, browser_login, password_token
+
+pytestmark = pytest.mark.integration
+
+
+def realm(stack: Stack, name: str) -> str:
+    return stack.services["keycloak"].endpoints[name]
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _parts(token: str) -> tuple[dict[str, object], dict[str, object]]:
+    header, body, _ = token.split(".")
+    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
+    return json.loads(base64.urlsafe_b64decode(pad(header))), json.loads(
+        base64.urlsafe_b64decode(pad(body))
+    )
+
+
+class TestBrowserLogin:
+    async def test_login_session_logout(self, broker: Broker, stack: Stack) -> None:
+        landed = await browser_login(broker.client, broker.url, idp="hospital-a", username="ada")
+        assert landed.status_code == 303, landed.text
+        assert landed.headers["location"] == "/api/me"
+        cookie = landed.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        me = await broker.client.get(f"{broker.url}/api/me")
+        assert me.status_code == 200, me.text
+        assert me.json()["id"] == "npi:1000000001"
+        assert me.json()["via"] == "session"
+        assert me.json()["roles"] == ["radiologist"]
+        assert "login" in broker.audit.kinds()
+        saved = broker.client.cookies.get("telerad_session")
+        out = await broker.client.get(f"{broker.url}/auth/logout")
+        assert out.status_code == 302, out.text
+        assert out.headers["location"].startswith(realm(stack, "hospital-a"))
+        assert (await broker.client.get(f"{broker.url}/api/me")).status_code == 401
+        # the old cookie, replayed after logout, is dead in this process
+        assert saved
+        broker.client.cookies.set("telerad_session", saved)
+        replay = await broker.client.get(f"{broker.url}/api/me")
+        assert replay.status_code == 401, replay.text
+        assert "logout" in broker.audit.kinds()
+
+    async def test_mfa_login_carries_acr(self, broker: Broker) -> None:
+        landed = await browser_login(
+            broker.client,
+            broker.url,
+            idp="hospital-a",
+            username="eve",
+            otp_secret=EVE_TOTP_BASE32,
+            acr_values="2",
+        )
+        assert landed.status_code == 303, landed.text
+        me = (await broker.client.get(f"{broker.url}/api/me")).json()
+        assert me["acr"] == "2", me
+
+    async def test_callback_without_login_is_a_clear_error(self, broker: Broker) -> None:
+        response = await broker.client.get(f"{broker.url}/auth/callback?code=x&state=y")
+        assert response.status_code == 400
+        assert "Sign-in failed" in response.text
+        assert "login.failed" in broker.audit.kinds()
+
+    async def test_forged_state_is_refused(self, broker: Broker) -> None:
+        start = await broker.client.get(f"{broker.url}/auth/login", params={"idp": "hospital-a"})
+        assert start.status_code == 302
+        response = await broker.client.get(f"{broker.url}/auth/callback?code=x&state=forged")
+        assert response.status_code == 400
+        assert (await broker.client.get(f"{broker.url}/api/me")).status_code == 401
+
+    async def test_open_redirect_is_not_followed(self, broker: Broker) -> None:
+        landed = await browser_login(
+            broker.client, broker.url, idp="hospital-a", username="ada", next_path="//evil.test/x"
+        )
+        assert landed.headers["location"] == "/"
+
+
+class TestBearer:
+    async def test_two_issuers_with_their_mappings(self, broker: Broker, stack: Stack) -> None:
+        a = password_token(realm(stack, "hospital-a"), "ada")
+        b = password_token(realm(stack, "hospital-b"), "fay", realm="hospital-b")
+        me_a = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {a}"}
+        )
+        me_b = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {b}"}
+        )
+        assert me_a.status_code == 200, me_a.text
+        assert me_b.status_code == 200, me_b.text
+        assert (me_a.json()["id"], me_a.json()["issuer"]) == (
+            "npi:1000000001",
+            realm(stack, "hospital-a"),
+        )
+        assert (me_b.json()["id"], me_b.json()["issuer"]) == (
+            "npi:2000000001",
+            realm(stack, "hospital-b"),
+        )
+
+    async def test_unlisted_issuer_is_refused(self, broker: Broker, stack: Stack) -> None:
+        url = stack.services["keycloak"].endpoints["url"] + "/realms/northstar-reading"
+        response = httpx.post(
+            f"{url}/protocol/openid-connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "telerad-api",
+                "client_secret": "dev-api-secret-northstar",
+            },
+        )
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        got = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert got.status_code == 401
+        assert got.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+    async def test_cached_keys_validate_while_idp_is_down(
+        self, broker: Broker, stack: Stack
+    ) -> None:
+        token = password_token(realm(stack, "hospital-a"), "ada")
+        other = password_token(realm(stack, "hospital-a"), "ben")
+        ok = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert ok.status_code == 200
+        state = broker.app.state.telerad
+        original = state.http
+        state.bearer._keys[realm(stack, "hospital-a")]._http = httpx.AsyncClient(
+            transport=httpx.MockTransport(
+                lambda r: (_ for _ in ()).throw(httpx.ConnectError("down"))
+            )
+        )
+        try:
+            again = await broker.client.get(
+                f"{broker.url}/api/me", headers={"Authorization": f"Bearer {other}"}
+            )
+        finally:
+            state.bearer._keys[realm(stack, "hospital-a")]._http = original
+        assert again.status_code == 200, again.text
+
+
+class TestAttacks:
+    """Each forged token is a 401 with a Bearer challenge, and nothing of it is echoed."""
+
+    def _rsa_public_pem(self, stack: Stack) -> bytes:
+        jwks = httpx.get(f"{realm(stack, 'hospital-a')}/protocol/openid-connect/certs").json()
+        rsa = next(k for k in jwks["keys"] if k["kty"] == "RSA" and k.get("use") == "sig")
+        return RSAKey.import_key(rsa).as_pem(private=False)
+
+    def _forgeries(self, stack: Stack) -> dict[str, str]:
+        import hashlib
+        import hmac
+
+        real = password_token(realm(stack, "hospital-a"), "ada")
+        header, claims = _parts(real)
+        head, body, sig = real.split(".")
+        now = int(time.time())
+        attacker = RSAKey.generate_key(2048, parameters={"kid": str(header["kid"])})
+        hs_header = b64(json.dumps({"alg": "HS256", "kid": header["kid"], "typ": "JWT"}).encode())
+        hs_mac = hmac.new(
+            self._rsa_public_pem(stack), f"{hs_header}.{body}".encode(), hashlib.sha256
+        ).digest()
+
+        def resign(**changes: object) -> str:
+            return jwt.encode(
+                {"alg": "RS256", "kid": str(header["kid"])}, claims | changes, attacker
+            )
+
+        return {
+            "alg_none": b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + f".{body}.",
+            "hs256_with_public_key": f"{hs_header}.{body}.{b64(hs_mac)}",
+            "kid_other_key": jwt.encode({"alg": "RS256", "kid": "not-a-key"}, claims, attacker),
+            "kid_path": jwt.encode({"alg": "RS256", "kid": "../../../dev/null"}, claims, attacker),
+            "jku_header": jwt.encode(
+                {"alg": "RS256", "kid": str(header["kid"]), "jku": "http://127.0.0.1:1/jwks"},
+                claims,
+                attacker,
+            ),
+            "x5u_header": jwt.encode(
+                {"alg": "RS256", "kid": str(header["kid"]), "x5u": "http://127.0.0.1:1/x5u"},
+                claims,
+                attacker,
+            ),
+            "jwk_header": jwt.encode(
+                {"alg": "RS256", "kid": str(header["kid"]), "jwk": attacker.as_dict(private=False)},
+                claims,
+                attacker,
+            ),
+            "expired": resign(exp=now - 3600),
+            "not_yet_valid": resign(nbf=now + 3600),
+            "wrong_audience": resign(aud="someone-else"),
+            "wrong_issuer": resign(iss="http://127.0.0.1:1/realms/evil"),
+            "signature_stripped": f"{head}.{body}.",
+            "signature_truncated": f"{head}.{body}.{sig[:-10]}",
+            "payload_changed": f"{head}.{b64(json.dumps(claims | {'npi': '9'}).encode())}.{sig}",
+            "es256_zero_signature": b64(
+                json.dumps({"alg": "ES256", "kid": str(header["kid"])}).encode()
+            )
+            + f".{body}."
+            + b64(b"\0" * 64),
+            "oversized": f"{head}.{body}{'A' * 9000}.{sig}",
+            "garbage": "definitely-not-a-jwt",
+            "duplicated_claims": f"{head}." + b64(b'{"iss":"x","iss":"y"}') + f".{sig}",
+        }
+
+    async def test_every_forgery_is_refused(self, broker: Broker, stack: Stack) -> None:
+        results = {}
+        for name, token in self._forgeries(stack).items():
+            response = await broker.client.get(
+                f"{broker.url}/api/me", headers={"Authorization": f"Bearer {token}"}
+            )
+            results[name] = (response.status_code, response.headers.get("www-authenticate"))
+            assert token[:40] not in response.text
+        assert results == {name: (401, 'Bearer error="invalid_token"') for name in results}, results
+        rejected = [e for e in broker.audit.events if e.kind.value == "token.rejected"]
+        assert len(rejected) == len(results)
+
+    async def test_wrong_scheme(self, broker: Broker) -> None:
+        response = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": "Basic eDp5"}
+        )
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == 'Bearer error="invalid_request"'

@@ -118,10 +118,13 @@ class StudyFactsSource:
         try:
             response = await self._http.get(
                 str(pacs.url).rstrip("/") + "/studies",
-                params={
-                    "StudyInstanceUID": study_uid,
-                    "includefield": "00080080,00080061,00100020",
-                },
+                # one includefield per tag: Orthanc's plugin does not split comma lists
+                params=[
+                    ("StudyInstanceUID", study_uid),
+                    ("includefield", "00080080"),
+                    ("includefield", "00080061"),
+                    ("includefield", "00100020"),
+                ],
                 headers={"Accept": "application/dicom+json"},
                 auth=auth if auth else httpx.USE_CLIENT_DEFAULT,
                 timeout=pacs.timeout_seconds,

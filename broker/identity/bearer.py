@@ -102,7 +102,9 @@ def claims_to_principal(
         else f"sub:{subject}"
     )
     group = _claim(claims, mapping.group)
-    auth_time = claims.get("auth_time")
+    # RFC 9068 §2.2.1: auth_time is optional. Without it (e.g. a password grant) the user
+    # authenticated when the token was issued, so `iat` stands in; never a later moment.
+    auth_time = claims.get("auth_time", claims.get("iat"))
     acr = claims.get("acr")
     return Principal(
         id=subject_id,

@@ -82,6 +82,7 @@ def starter(part: str, root: Path) -> Callable[[], Service]:
             .with_volume_mapping(str(root / "policies"), "/policies", "ro")
             .with_command(
                 "run --server --addr=0.0.0.0:8181 --ignore=*_test.rego "
+                "--set=decision_logs.console=true "
                 "/policies/telerad /policies/data"
             )
             .with_exposed_ports(8181)

@@ -171,6 +171,7 @@ def start_opa(run_dir: Path, *, policy_paths: list[Path], timeout: float = 30.0)
         "--log-level=info",
         "--ignore=*_test.rego",
         "--ignore=.*",
+        "--set=decision_logs.console=true",  # decision ids in answers, decisions in the log
         *[str(p) for p in policy_paths],
     ]
     progress(f"opa: starting on 127.0.0.1:{port}")

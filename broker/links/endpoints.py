@@ -11,6 +11,8 @@ policy again (action ``redeem``), audit, and only then proxy to the PACS.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.audit import AuditEvent, AuditUnavailable, EventKind, Outcome
+from broker.crypto import b64u_encode
 from broker.dicomweb.proxy import parse_path
 from broker.errors import (
     DependencyUnavailable,
@@ -36,7 +39,7 @@ from broker.policy import RequestContext
 from broker.revocation import RevocationKind
 from broker.state import AppState, state_of
 
-__all__ = ["IssueLinkRequest", "api_router", "redeem_router"]
+__all__ = ["IssueLinkRequest", "api_router", "redeem_router", "subject_binding"]
 
 api_router = APIRouter(prefix="/api/links", tags=["links"])
 redeem_router = APIRouter(prefix="/links", tags=["links"])
@@ -55,10 +58,16 @@ class IssueLinkRequest(BaseModel):
     break_glass_justification: Annotated[str | None, Field(max_length=1000)] = None
 
 
+def subject_binding(principal: Principal) -> str:
+    """A short digest naming one person at one IdP (keeps the token compact)."""
+    digest = hashlib.sha256(f"{principal.issuer}#{principal.id}".encode()).digest()
+    return b64u_encode(digest[:16])
+
+
 def _binding(principal: Principal) -> dict[str, str]:
     if principal.via == "session" and principal.session_id:
         return {"sid": principal.session_id}
-    return {"sub": f"{principal.issuer}#{principal.id}"}
+    return {"sub": subject_binding(principal)}
 
 
 def _bound_to(claims: LinkClaims, principal: Principal) -> bool:
@@ -66,7 +75,7 @@ def _bound_to(claims: LinkClaims, principal: Principal) -> bool:
     if kind == "sid":
         return principal.via == "session" and principal.session_id == value
     if kind == "sub":
-        return f"{principal.issuer}#{principal.id}" == value
+        return hmac.compare_digest(subject_binding(principal), value)
     return False
 
 

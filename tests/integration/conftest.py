@@ -55,3 +55,40 @@ async def broker(broker_env: dict[str, str]) -> AsyncIterator[Broker]:
 
             client.event_hooks["response"] = [plain_http_cookies]
             yield Broker(app, url, audit, client, settings)
+
+
+@dataclass
+class LiveBroker:
+    """The broker served by uvicorn on a loopback port (for clients such as dicomweb-client)."""
+
+    app: FastAPI
+    url: str
+    audit: MemorySink
+
+
+@pytest.fixture
+def live_broker(broker_env: dict[str, str]) -> Iterator[LiveBroker]:
+    import threading
+    import time
+
+    import uvicorn
+
+    settings = Settings()
+    audit = MemorySink()
+    app = create_app(settings, audit=audit)
+    url = str(settings.public_url).rstrip("/")
+    port = int(url.rsplit(":", 1)[1])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the broker did not start"
+        time.sleep(0.05)
+    try:
+        yield LiveBroker(app, url, audit)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

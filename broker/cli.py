@@ -21,12 +21,17 @@ __all__ = ["main"]
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from broker.app import create_app
     from broker.config import Settings
 
-    settings = Settings()
-    app = create_app(settings)
+    try:
+        settings = Settings()
+        app = create_app(settings)
+    except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"telerad: configuration error: {_config_message(exc)}", file=sys.stderr)
+        return 2
     uvicorn.run(
         app,
         host=args.host or settings.host,
@@ -36,6 +41,16 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _config_message(exc: Exception) -> str:
+    """What is wrong with the settings, naming fields but never echoing their values."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        fields = [".".join(str(p) for p in e["loc"]) + f" ({e['msg']})" for e in exc.errors()]
+        return "; ".join(fields)
+    return str(exc)
 
 
 def _provision(args: argparse.Namespace) -> int:

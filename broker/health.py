@@ -102,7 +102,6 @@ def _kafka_brokers(bootstrap: str, timeout_ms: int) -> int:
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=timeout_ms,
-        api_version_auto_timeout_ms=timeout_ms,
         client_id="telerad-readiness",
     )
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
-from authlib.integrations.starlette_client import OAuth
 from starlette.requests import HTTPConnection
 
 from broker.audit import AuditSink
@@ -13,6 +12,7 @@ from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
 from broker.health import ReadinessChecker
+from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
 from broker.links.token import LinkCodec
 from broker.opa import OpaGateway

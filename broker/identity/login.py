@@ -18,8 +18,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from authlib.integrations.base_client import OAuthError
-from authlib.integrations.starlette_client import OAuth
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from joserfc import jwt
@@ -29,6 +27,7 @@ from joserfc.jws import JWSRegistry
 from broker.audit import AuditEvent, EventKind, Outcome
 from broker.config import IssuerSettings
 from broker.errors import BadRequest
+from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, strict_json
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META

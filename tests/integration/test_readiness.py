@@ -36,7 +36,9 @@ def test_ready_when_every_dependency_answers(stack: Stack, monkeypatch: pytest.M
 
 def test_healthz_needs_no_dependency() -> None:
     settings = Settings(
-        opa={"url": "http://127.0.0.1:9"}, kafka={"bootstrap_servers": "127.0.0.1:9"}
+        environment="development",
+        opa={"url": "http://127.0.0.1:9"},
+        kafka={"bootstrap_servers": "127.0.0.1:9"},
     )
     with TestClient(create_app(settings)) as client:
         response = client.get("/healthz")

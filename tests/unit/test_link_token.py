@@ -14,6 +14,8 @@ from broker.links.token import LinkClaims, LinkCodec, LinkInvalid
 KEY_A, KEY_B = os.urandom(32), os.urandom(32)
 
 uids = st.from_regex(r"[1-9][0-9]{0,5}(\.[1-9][0-9]{0,8}){1,6}", fullmatch=True)
+
+
 def _claims(**fields: object) -> LinkClaims:
     return LinkClaims.model_validate(fields, by_name=True)
 

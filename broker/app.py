@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -14,7 +15,8 @@ from pydantic import SecretStr
 
 from broker import __version__
 from broker.api import router as api_router
-from broker.audit import AuditSink, LogSink
+from broker.audit import AuditSink, EventKind, LogSink
+from broker.audit.kafka import KafkaAuditSink, RevocationListener
 from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
@@ -31,7 +33,7 @@ from broker.links.token import LinkCodec
 from broker.logs import configure_logging
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
-from broker.revocation import Revocations
+from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
@@ -68,6 +70,22 @@ def link_keyring(settings: Settings) -> KeyRing:
     return _keyring(settings, settings.links.keys, settings.links.active_key, "TELERAD_LINKS__KEYS")
 
 
+def _audit_sink(settings: Settings) -> AuditSink:
+    if settings.audit_sink == "kafka":
+        kafka = settings.kafka
+        return KafkaAuditSink(
+            kafka.bootstrap_servers,
+            kafka.audit_topic,
+            source=f"/telerad-broker/{settings.instance_id}",
+            ack_timeout_seconds=kafka.ack_timeout_seconds,
+            extra_topics=lambda e: [kafka.revocation_topic] if e.kind is EventKind.REVOKED else [],
+        )
+    if settings.environment == "production":
+        raise ValueError("TELERAD_AUDIT_SINK=log is not durable and not allowed in production")
+    log.warning("audit events go to the log only (TELERAD_AUDIT_SINK=log): nothing is durable")
+    return LogSink()
+
+
 def _pseudonym_key(settings: Settings) -> bytes:
     if settings.pseudonym_key is not None:
         return b64u_decode(settings.pseudonym_key.get_secret_value())
@@ -83,13 +101,27 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     revocations = Revocations()
     pseudonym_key = _pseudonym_key(settings)
     links = LinkCodec(link_keyring(settings))
-    audit_sink: AuditSink = audit or LogSink()
+    audit_sink: AuditSink = audit or _audit_sink(settings)
+    listener = (
+        RevocationListener(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.revocation_topic,
+            lambda event: apply_event(revocations, event),
+            instance=settings.instance_id,
+        )
+        if isinstance(audit_sink, KafkaAuditSink)
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with httpx.AsyncClient(timeout=settings.readiness_timeout_seconds) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()
+            if isinstance(audit_sink, KafkaAuditSink):
+                await audit_sink.start()
+            if listener is not None:
+                listener.start()
             try:
                 app.state.telerad = AppState(
                     settings=settings,
@@ -113,6 +145,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                 )
                 yield
             finally:
+                if listener is not None:
+                    await asyncio.to_thread(listener.stop)
                 await opa.close()
                 await audit_sink.close()
 

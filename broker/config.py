@@ -8,9 +8,10 @@ Nested values use ``__`` (``TELERAD_PACS__URL``); lists and objects may be given
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -110,7 +111,8 @@ class KafkaSettings(_Section):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     audit_topic: str = "telerad.audit.v1"
-    request_timeout_ms: Annotated[int, Field(gt=0)] = 5000
+    revocation_topic: str = "telerad.revocations.v1"  # revoked events, read by every replica
+    ack_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # then the request is 503
 
 
 class PacsSettings(_Section):
@@ -140,6 +142,9 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     log_level: str = "INFO"
+    instance_id: str = Field(default_factory=socket.gethostname)  # ce_source, consumer groups
+    # "kafka": acknowledged before answered. "log": development only, never durable.
+    audit_sink: Literal["kafka", "log"] = "kafka"
     readiness_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # per dependency check
 
     issuers: list[IssuerSettings] = Field(default_factory=list)

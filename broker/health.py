@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
+from broker.audit.kafka import cluster_brokers
 from broker.config import Settings
 from broker.opa import OpaGateway
 
@@ -64,7 +64,7 @@ class ReadinessChecker:
     async def _check_kafka(self) -> str:
         bootstrap = self._settings.kafka.bootstrap_servers
         timeout_ms = int(self._settings.readiness_timeout_seconds * 1000)
-        brokers = await asyncio.to_thread(_kafka_brokers, bootstrap, timeout_ms)
+        brokers = await asyncio.to_thread(cluster_brokers, bootstrap, timeout_ms)
         return f"{brokers} broker(s) reachable"
 
     async def _check_pacs(self) -> str:
@@ -90,25 +90,6 @@ class ReadinessChecker:
             return "discovery document served"
 
         return check
-
-
-def _kafka_brokers(bootstrap: str, timeout_ms: int) -> int:
-    from kafka import KafkaAdminClient  # kafka-python; imported lazily, it is slow to import
-
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    # A refused connection is answered here: kafka-python's client would leave sockets behind.
-    socket.create_connection((host, int(port)), timeout=timeout_ms / 1000).close()
-
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        request_timeout_ms=timeout_ms,
-        client_id="telerad-readiness",
-    )
-    try:
-        cluster = admin.describe_cluster()
-        return len(cluster.get("brokers", []))
-    finally:
-        admin.close()
 
 
 def _short(exc: BaseException) -> str:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
-__all__ = ["RevocationKind", "Revocations"]
+from broker.audit.events import AuditEvent, EventKind, Outcome
+from broker.audit.sink import AuditSink
+
+__all__ = ["RevocationKind", "Revocations", "apply_event", "revoke_everywhere"]
 
 
 class RevocationKind(StrEnum):
@@ -45,3 +49,37 @@ class Revocations:
         now = self._clock()
         for key in [k for k, until in self._entries.items() if until <= now]:
             del self._entries[key]
+
+
+async def revoke_everywhere(
+    revocations: Revocations,
+    audit: AuditSink,
+    kind: RevocationKind,
+    value: str,
+    *,
+    until: float,
+    **event: Any,
+) -> None:
+    """Revoke here at once, and publish it: every replica applies the ``revoked`` event."""
+    revocations.revoke(kind, value, until=until)
+    detail = dict(event.pop("detail", {}))
+    detail["revocation"] = {"kind": kind.value, "value": value, "until": until}
+    await audit.emit(
+        AuditEvent(kind=EventKind.REVOKED, outcome=Outcome.SUCCESS, detail=detail, **event)
+    )
+
+
+def apply_event(revocations: Revocations, event: AuditEvent) -> bool:
+    """Apply a ``revoked`` event published by any replica; False if it is not one."""
+    if event.kind is not EventKind.REVOKED:
+        return False
+    entry = event.detail.get("revocation")
+    if not isinstance(entry, dict):
+        return False
+    try:
+        kind = RevocationKind(entry["kind"])
+        value, until = str(entry["value"]), float(entry["until"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    revocations.revoke(kind, value, until=until)
+    return True

@@ -31,7 +31,7 @@ from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, strict_json
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META
-from broker.revocation import RevocationKind
+from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
 
 __all__ = ["build_oauth", "principal_from_session", "router", "session_principal_dict"]
@@ -223,18 +223,23 @@ async def logout(request: Request) -> Response:
     if principal is None:
         return RedirectResponse("/", status_code=303)
     revoke_until = time.time() + state.settings.identity.session_absolute_seconds
+    base = {
+        "subject": principal.id,
+        "issuer": principal.issuer,
+        "session_id": principal.session_id,
+        **_context(request),
+    }
+    await state.audit.emit(AuditEvent(kind=EventKind.LOGOUT, outcome=Outcome.SUCCESS, **base))
     if principal.session_id:
-        state.revocations.revoke(RevocationKind.SESSION, principal.session_id, until=revoke_until)
-    await state.audit.emit(
-        AuditEvent(
-            kind=EventKind.LOGOUT,
-            outcome=Outcome.SUCCESS,
-            subject=principal.id,
-            issuer=principal.issuer,
-            session_id=principal.session_id,
-            **_context(request),
+        await revoke_everywhere(
+            state.revocations,
+            state.audit,
+            RevocationKind.SESSION,
+            principal.session_id,
+            until=revoke_until,
+            detail={"by": "logout"},
+            **base,
         )
-    )
     issuer = state.bearer.issuer(principal.issuer)
     client = state.oauth.create_client(issuer.label) if issuer else None
     if client is None:
@@ -259,23 +264,32 @@ async def backchannel_logout(request: Request) -> Response:
         raise BadRequest("logout_token is required")
     claims = await _verify_logout_token(state, token)
     until = time.time() + state.settings.identity.session_absolute_seconds
+    base = {
+        "issuer": str(claims["iss"]),
+        "detail": {"by": "backchannel_logout"},
+        **_context(request),
+    }
     if isinstance(claims.get("sid"), str):
-        state.revocations.revoke(RevocationKind.IDP_SESSION, claims["sid"], until=until)
+        await revoke_everywhere(
+            state.revocations,
+            state.audit,
+            RevocationKind.IDP_SESSION,
+            claims["sid"],
+            until=until,
+            **base,
+        )
     issuer = state.bearer.issuer(str(claims["iss"]))
-    subject = None
     if issuer is not None and isinstance(claims.get("sub"), str) and not claims.get("sid"):
         subject = claims_to_principal(claims, issuer).id
-        state.revocations.revoke(RevocationKind.SUBJECT, subject, until=until)
-    await state.audit.emit(
-        AuditEvent(
-            kind=EventKind.REVOKED,
-            outcome=Outcome.SUCCESS,
+        await revoke_everywhere(
+            state.revocations,
+            state.audit,
+            RevocationKind.SUBJECT,
+            subject,
+            until=until,
             subject=subject,
-            issuer=str(claims["iss"]),
-            detail={"by": "backchannel_logout", "idp_session": bool(claims.get("sid"))},
-            **_context(request),
+            **base,
         )
-    )
     return Response(status_code=200, headers={"Cache-Control": "no-store"})
 
 

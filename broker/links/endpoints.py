@@ -36,7 +36,7 @@ from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
 from broker.opa import Decision
 from broker.policy import RequestContext
-from broker.revocation import RevocationKind
+from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
 
 __all__ = ["IssueLinkRequest", "api_router", "redeem_router", "subject_binding"]
@@ -166,19 +166,22 @@ async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Reques
         raise NotFound()
     # Anyone may revoke a link id they hold; only its owner could have learnt it (it is inside
     # the sealed token and in the issue response), and revoking only ever takes access away.
-    state.revocations.revoke(RevocationKind.LINK, link_id, until=time.time() + _MAX_TTL + 60)
-    await _audit(
-        state,
-        AuditEvent(
-            kind=EventKind.REVOKED,
-            outcome=Outcome.SUCCESS,
+    try:
+        await revoke_everywhere(
+            state.revocations,
+            state.audit,
+            RevocationKind.LINK,
+            link_id,
+            until=time.time() + _MAX_TTL + 60,
             subject=principal.id,
             issuer=principal.issuer,
             link_id=link_id,
             detail={"by": "owner"},
             **_ctx(request),
-        ),
-    )
+        )
+    except AuditUnavailable as exc:
+        # revoked here already; other replicas learn of it only through the stream
+        raise DependencyUnavailable("Revoked here, but not yet everywhere; retry.") from exc
     return Response(status_code=204)
 
 

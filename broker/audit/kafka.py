@@ -1,0 +1,211 @@
+"""Our typed adapter over kafka-python: the only module of ``broker`` that imports ``kafka``.
+
+The audit guarantee is *acknowledged before answered*: :meth:`KafkaAuditSink.emit` returns only
+once Kafka has acknowledged the record with ``acks=all`` (idempotent producer), within a deadline;
+otherwise it raises :class:`AuditUnavailable` and the caller refuses the request (503). Concurrent
+requests are batched by the producer (``linger_ms``), so waiting costs one round trip per batch,
+not per event. A broker process killed with ``kill -9`` therefore loses nothing it granted: every
+grant it answered is already in Kafka. Retries inside the idempotent producer do not duplicate;
+a client that retries a whole request after a 503 may produce a second event with a new id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from broker.audit.cloudevents import to_record
+from broker.audit.events import AuditEvent
+from broker.audit.sink import AuditUnavailable
+
+__all__ = [
+    "KafkaAuditSink",
+    "RevocationListener",
+    "cluster_brokers",
+    "make_consumer",
+    "make_producer",
+]
+
+log = logging.getLogger("telerad.audit")
+
+
+def make_producer(bootstrap: str, **overrides: Any) -> Any:
+    """A kafka-python producer with the durability settings the audit trail relies on."""
+    from kafka import KafkaProducer
+
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,  # batch concurrent requests; one ack round trip per batch
+        "max_block_ms": 2000,  # send() never hangs a request when Kafka is unreachable
+        "request_timeout_ms": 5000,
+        "retries": 5,
+        "client_id": "telerad-broker",
+    }
+    return KafkaProducer(**(config | overrides))
+
+
+def make_consumer(bootstrap: str, *topics: str, **overrides: Any) -> Any:
+    """A kafka-python consumer with manual commits (the stream consumers commit after work)."""
+    from kafka import KafkaConsumer
+
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 500,
+        "client_id": "telerad-consumer",
+    }
+    return KafkaConsumer(*topics, **(config | overrides))
+
+
+def _bridge(loop: asyncio.AbstractEventLoop, kafka_future: Any) -> asyncio.Future[None]:
+    """An asyncio future resolved from kafka-python's sender thread."""
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not future.done():
+            future.set_result(None) if exc is None else future.set_exception(exc)
+
+    kafka_future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
+    kafka_future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
+    return future
+
+
+def cluster_brokers(bootstrap: str, timeout_ms: int) -> int:
+    """How many brokers the cluster reports (a readiness probe)."""
+    from kafka import KafkaAdminClient
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    # A refused connection is answered here: kafka-python's client would leave sockets behind.
+    socket.create_connection((host, int(port)), timeout=timeout_ms / 1000).close()
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, client_id="telerad-readiness"
+    )
+    try:
+        return len(admin.describe_cluster().get("brokers", []))
+    finally:
+        admin.close()
+
+
+class KafkaAuditSink:
+    """Writes audit events to Kafka and waits for the acknowledgement."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        source: str,
+        ack_timeout_seconds: float = 2.0,
+        extra_topics: Callable[[AuditEvent], list[str]] | None = None,
+        producer: Any = None,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._source = source
+        self._timeout = ack_timeout_seconds
+        self._extra_topics = extra_topics or (lambda _: [])
+        self._producer = producer
+
+    def _ensure_producer(self) -> Any:
+        if self._producer is None:
+            self._producer = make_producer(self._bootstrap)
+        return self._producer
+
+    async def emit(self, event: AuditEvent) -> None:
+        """Return once Kafka acknowledged ``event``; raise :class:`AuditUnavailable` otherwise."""
+        key, value, headers = to_record(event, source=self._source)
+        loop = asyncio.get_running_loop()
+        topics = [self._topic, *self._extra_topics(event)]
+        try:
+            sent = await asyncio.wait_for(
+                loop.run_in_executor(None, self._send, topics, key, value, headers), self._timeout
+            )
+            acks = [_bridge(loop, kafka_future) for kafka_future in sent]
+            await asyncio.wait_for(asyncio.gather(*acks), self._timeout)
+        except Exception as exc:  # whatever failed, the event is not durable: fail closed
+            log.error(
+                "audit event not acknowledged by Kafka",
+                extra={"event_id": event.id, "error": type(exc).__name__},
+            )
+            raise AuditUnavailable("Kafka did not acknowledge the audit event") from exc
+
+    def _send(
+        self, topics: list[str], key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> list[Any]:
+        producer = self._ensure_producer()
+        return [producer.send(t, key=key, value=value, headers=headers) for t in topics]
+
+    async def start(self) -> None:
+        """Connect early (a failure here only logs: emit() fails closed, readiness reports it)."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._ensure_producer), self._timeout * 3)
+        except Exception as exc:  # noqa: BLE001 - Kafka may be down at start; emit() fails closed
+            log.warning("Kafka producer not connected at start: %s", type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await asyncio.to_thread(producer.close, 5)
+
+
+class RevocationListener:
+    """Applies ``revoked`` events from every replica to this one (a thread, its own group)."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, apply: Callable[[AuditEvent], object], *, instance: str
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._apply = apply
+        self._instance = instance
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from broker.audit.cloudevents import PoisonRecord, from_record
+
+        consumer = None
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    # A group of its own, from the earliest retained record: a new replica
+                    # learns every revocation still in force.
+                    consumer = make_consumer(
+                        self._bootstrap,
+                        self._topic,
+                        group_id=f"telerad-revocations-{self._instance}-{uuid.uuid4().hex[:8]}",
+                        client_id=f"telerad-revocations-{self._instance}",
+                    )
+                for records in consumer.poll(timeout_ms=250).values():
+                    for record in records:
+                        try:
+                            self._apply(from_record(record.value, record.headers))
+                            self.applied += 1
+                        except PoisonRecord:
+                            log.warning("ignored a malformed revocation record")
+            except Exception as exc:  # noqa: BLE001 - keep listening; Kafka may come back
+                log.warning("revocation listener: %s; retrying", type(exc).__name__)
+                if consumer is not None:
+                    consumer.close()
+                    consumer = None
+                self._stop.wait(1.0)
+        if consumer is not None:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,157 @@
+"""The consumer loop every audit consumer shares.
+
+* a consumer group, manual commits: ``offset + 1`` of a partition is committed only after the
+  handler has processed that partition's records; the failure path never commits, it seeks back
+  and retries after a pause (so a crash or a kill re-delivers, and handlers are idempotent by
+  event id);
+* poison records (not a CloudEvents audit event we can read) go to the dead-letter topic, with
+  the reason and their origin in headers, and are committed past once the dead letter is acked;
+* SIGTERM/SIGINT set a stop flag; the loop finishes the batch in hand and closes within a bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.audit.cloudevents import PoisonRecord, from_record
+from broker.audit.events import AuditEvent
+from broker.audit.kafka import make_consumer, make_producer
+
+__all__ = ["ConsumerRunner", "RunStats"]
+
+log = logging.getLogger("telerad.streams")
+
+Handler = Callable[[list[AuditEvent]], None]
+
+
+@dataclass
+class RunStats:
+    """Counters of one run (also printed as the progress line)."""
+
+    records: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+    commits: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class ConsumerRunner:
+    """Polls a topic in a consumer group and hands batches of events to ``handler``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        handler: Handler,
+        dead_letter_topic: str,
+        poll_ms: int = 500,
+        max_records: int = 500,
+        retry_pause_seconds: float = 1.0,
+        consumer: Any = None,
+    ) -> None:
+        self.name = name
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._handler = handler
+        self._dlq = dead_letter_topic
+        self._poll_ms = poll_ms
+        self._max_records = max_records
+        self._pause = retry_pause_seconds
+        self._consumer = consumer or make_consumer(
+            bootstrap,
+            topic,
+            group_id=group_id,
+            client_id=f"telerad-{name}",
+            max_poll_records=max_records,
+        )
+        self._producer: Any = None
+        self.stop_event = threading.Event()
+        self.stats = RunStats()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT ask the loop to stop after the batch in hand."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def run(self, *, idle_exit_seconds: float | None = None) -> RunStats:
+        """Consume until stopped (or until idle for ``idle_exit_seconds``, for batch use)."""
+        idle_since = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                batch = self._consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
+                if not batch:
+                    if (
+                        idle_exit_seconds is not None
+                        and time.monotonic() - idle_since > idle_exit_seconds
+                    ):
+                        break
+                    continue
+                idle_since = time.monotonic()
+                for partition, records in batch.items():
+                    self._process(partition, records)
+        finally:
+            self.close()
+        return self.stats
+
+    def _process(self, partition: Any, records: list[Any]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        events: list[AuditEvent] = []
+        try:
+            for record in records:
+                self.stats.records += 1
+                try:
+                    events.append(from_record(record.value, record.headers))
+                except PoisonRecord as exc:
+                    self._dead_letter(record, str(exc))
+            if events:
+                self._handler(events)
+        except Exception as exc:  # noqa: BLE001 - never commit on failure; retry the partition
+            self.stats.retries += 1
+            log.warning(
+                "%s: batch failed (%s); will retry from offset %d",
+                self.name,
+                type(exc).__name__,
+                records[0].offset,
+            )
+            self._consumer.seek(partition, records[0].offset)
+            self.stop_event.wait(self._pause)
+            return
+        self.stats.events += len(events)
+        last = records[-1].offset
+        self._consumer.commit({partition: OffsetAndMetadata(last + 1, "", -1)})
+        self.stats.commits += 1
+
+    def _dead_letter(self, record: Any, reason: str) -> None:
+        if self._producer is None:
+            self._producer = make_producer(self._bootstrap)
+        headers = [
+            *(record.headers or []),
+            ("dlq_reason", reason.encode()[:512]),
+            ("dlq_origin", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("dlq_consumer", self.name.encode()),
+        ]
+        self._producer.send(self._dlq, key=record.key, value=record.value, headers=headers).get(
+            timeout=10
+        )
+        self.stats.dead_letters += 1
+        log.warning("%s: record sent to %s: %s", self.name, self._dlq, reason)
+
+    def close(self) -> None:
+        """Close within a bound; uncommitted work is simply delivered again next time."""
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=5000)
+        finally:
+            if self._producer is not None:
+                self._producer.close(5)
+                self._producer = None

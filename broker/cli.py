@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", help="directory for the parts' data and logs (default: a temp dir)"
     )
     up.set_defaults(func=_up)
+
+    from streams.cli import add_audit_commands
+
+    add_audit_commands(sub)
     return parser
 
 

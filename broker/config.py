@@ -25,6 +25,7 @@ __all__ = [
     "OpaSettings",
     "PacsSettings",
     "Settings",
+    "StreamSettings",
     "get_settings",
 ]
 
@@ -124,6 +125,19 @@ class PacsSettings(_Section):
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 
+class StreamSettings(_Section):
+    """The audit consumers (``telerad audit ...``)."""
+
+    dead_letter_topic: str = "telerad.audit.dlq.v1"
+    alerts_topic: str = "telerad.alerts.v1"
+    heads_topic: str = "telerad.ledger.heads.v1"  # signed tree heads, published as they are made
+    ledger_path: Path = Path("ledger/telerad-ledger.sqlite3")
+    ledger_key_path: Path = Path("ledger/ledger-signing-key.pem")  # Ed25519, PKCS#8 PEM
+    head_every_seconds: Annotated[float, Field(gt=0)] = 10.0
+    head_every_leaves: Annotated[int, Field(gt=0)] = 1000
+    export_dir: Path = Path("audit-export")
+
+
 class Settings(BaseSettings):
     """Everything the broker reads from its environment; frozen after start-up."""
 
@@ -158,6 +172,7 @@ class Settings(BaseSettings):
     opa: OpaSettings = OpaSettings()
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()
+    streams: StreamSettings = StreamSettings()
 
 
 @lru_cache(maxsize=1)

@@ -70,15 +70,59 @@ def _resource(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------- Kafka
-def start_kafka(run_dir: Path, *, timeout: float = 120.0) -> Service:
-    """A single-node Kafka in KRaft mode (broker + controller), storage formatted at start."""
+def start_kafka(run_dir: Path, *, timeout: float = 120.0, fresh: bool = True) -> Service:
+    """A single-node Kafka in KRaft mode (broker + controller).
+
+    ``fresh`` formats new storage on new ports; otherwise the broker in ``run_dir`` is started
+    again on its ports with its data (a restart, as after an outage).
+    """
     classpath = provision.kafka_classpath()
     java_home = provision.java_home(17)
     home = run_dir / "kafka"
-    shutil.rmtree(home, ignore_errors=True)
-    (home / "data").mkdir(parents=True)
-    port, controller_port = free_port(), free_port()
     config = home / "server.properties"
+    log_path = run_dir / "logs" / "kafka.log"
+    log4j = home / "log4j2.xml"
+    java = str(Path(java_home) / "bin" / "java")
+    jvm = [
+        java,
+        "-Xms128m",
+        "-Xmx512m",
+        "-XX:+UseSerialGC",  # two cores: a small heap with the serial collector starts fastest
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={log4j}",
+        f"-Dkafka.logs.dir={home}",
+        "-cp",
+        classpath,
+    ]
+    if fresh or not config.exists():
+        shutil.rmtree(home, ignore_errors=True)
+        (home / "data").mkdir(parents=True)
+        _write_kafka_config(config, home, free_port(), free_port())
+        shutil.copy(_resource("kafka-log4j2.xml"), log4j)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        fmt = ManagedProcess(
+            "kafka (storage format)",
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            log_path=log_path,
+        )
+        progress("kafka: formatting KRaft storage")
+        fmt.start()
+        started = time.monotonic()
+        while fmt.running():
+            if time.monotonic() - started > 60:
+                fmt.stop()
+                break
+            time.sleep(0.2)
+    port = int(_property(config, "advertised.listeners").rsplit(":", 1)[1])
+    progress(f"kafka: starting on 127.0.0.1:{port}")
+    proc = ManagedProcess("kafka", [*jvm, "kafka.Kafka", str(config)], log_path=log_path)
+    proc.start()
+    bootstrap = f"127.0.0.1:{port}"
+    proc.wait_ready(lambda: _kafka_ready(bootstrap), timeout=timeout, interval=0.5)
+    return Service("kafka", {"bootstrap": bootstrap}, log_path, proc, extra={"run_dir": run_dir})
+
+
+def _write_kafka_config(config: Path, home: Path, port: int, controller_port: int) -> None:
     config.write_text(
         "\n".join(
             [
@@ -105,41 +149,13 @@ def start_kafka(run_dir: Path, *, timeout: float = 120.0) -> Service:
             ]
         )
     )
-    log4j = home / "log4j2.xml"
-    shutil.copy(_resource("kafka-log4j2.xml"), log4j)
-    java = str(Path(java_home) / "bin" / "java")
-    jvm = [
-        java,
-        "-Xms128m",
-        "-Xmx512m",
-        "-XX:+UseSerialGC",  # two cores: a small heap with the serial collector starts fastest
-        "-XX:TieredStopAtLevel=1",
-        f"-Dlog4j2.configurationFile={log4j}",
-        f"-Dkafka.logs.dir={home}",
-        "-cp",
-        classpath,
-    ]
-    log_path = run_dir / "logs" / "kafka.log"
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = ManagedProcess(
-        "kafka (storage format)",
-        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-        log_path=log_path,
-    )
-    progress("kafka: formatting KRaft storage")
-    fmt.start()
-    started = time.monotonic()
-    while fmt.running():
-        if time.monotonic() - started > 60:
-            fmt.stop()
-            break
-        time.sleep(0.2)
-    progress(f"kafka: starting on 127.0.0.1:{port}")
-    proc = ManagedProcess("kafka", [*jvm, "kafka.Kafka", str(config)], log_path=log_path)
-    proc.start()
-    bootstrap = f"127.0.0.1:{port}"
-    proc.wait_ready(lambda: _kafka_ready(bootstrap), timeout=timeout, interval=0.5)
-    return Service("kafka", {"bootstrap": bootstrap}, log_path, proc)
+
+
+def _property(config: Path, name: str) -> str:
+    for line in config.read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1]
+    raise KeyError(name)
 
 
 def _kafka_ready(bootstrap: str) -> bool:

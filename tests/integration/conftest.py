@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from unittest import mock
 
@@ -66,15 +67,14 @@ class LiveBroker:
     audit: MemorySink
 
 
-@pytest.fixture
-def live_broker(broker_env: dict[str, str]) -> Iterator[LiveBroker]:
+@contextmanager
+def serve(settings: Settings, audit: MemorySink | None = None) -> Iterator[LiveBroker]:
+    """Serve the broker with uvicorn on its public URL's port until the block ends."""
     import threading
     import time
 
     import uvicorn
 
-    settings = Settings()
-    audit = MemorySink()
     app = create_app(settings, audit=audit)
     url = str(settings.public_url).rstrip("/")
     port = int(url.rsplit(":", 1)[1])
@@ -85,10 +85,16 @@ def live_broker(broker_env: dict[str, str]) -> Iterator[LiveBroker]:
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert time.monotonic() < deadline, "the broker did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "the broker did not start"
         time.sleep(0.05)
     try:
-        yield LiveBroker(app, url, audit)
+        yield LiveBroker(app, url, audit or MemorySink())
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_broker(broker_env: dict[str, str]) -> Iterator[LiveBroker]:
+    with serve(Settings(), MemorySink()) as live:
+        yield live

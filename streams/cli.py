@@ -168,7 +168,7 @@ def _verify(args: argparse.Namespace) -> int:
         "topic_events": topic_checked if args.from_topic else None,
         "seconds": round(time.monotonic() - started, 2),
         "problems": problems[:100],
-        "problem_count": len(problems),
+        "problem_count": report.problem_count + len(problems) - len(report.problems),
     }
     print(json.dumps(result, indent=2))
     return 0 if not problems else 1

@@ -298,6 +298,4 @@ def verify_consistency(
         sn >>= 1
     # 7. "... verify that the fr calculated is equal to the first_hash supplied, that the sr
     #    calculated is equal to the second_hash value supplied, and that sn is 0."
-    return (
-        sn == 0 and hmac.compare_digest(fr, first_hash) and hmac.compare_digest(sr, second_hash)
-    )
+    return sn == 0 and hmac.compare_digest(fr, first_hash) and hmac.compare_digest(sr, second_hash)

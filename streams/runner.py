@@ -90,7 +90,11 @@ class ConsumerRunner:
             while not self.stop_event.is_set():
                 batch = self._consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
                 if not batch:
-                    if (
+                    if not self._consumer.assignment():
+                        # still joining the group (a killed member's partitions are handed on
+                        # only after its session times out): that is not idleness
+                        idle_since = time.monotonic()
+                    elif (
                         idle_exit_seconds is not None
                         and time.monotonic() - idle_since > idle_exit_seconds
                     ):

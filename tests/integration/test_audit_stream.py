@@ -291,3 +291,106 @@ def test_revocation_through_one_replica_holds_on_another(
             while (status := httpx.get(on_b, headers=headers, timeout=30).status_code) != 410:
                 assert status == 200 and time.monotonic() < deadline, status
                 time.sleep(0.2)
+
+
+def test_export_alerts_and_dead_letters(
+    stack: Stack, topics: dict[str, str], tmp_path: Path
+) -> None:
+    import asyncio
+    from xml.etree import ElementTree
+
+    from kafka import KafkaProducer
+
+    bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+    topic = topics["TELERAD_KAFKA__AUDIT_TOPIC"]
+    events = [
+        AuditEvent(
+            kind=EventKind.BREAK_GLASS,
+            outcome=Outcome.ALLOW,
+            subject="npi:1",
+            study_uid="1.2.3",
+            action="issue_link",
+            purpose="stroke alert, attending away",
+        ),
+        AuditEvent(
+            kind=EventKind.LINK_REDEEMED,
+            outcome=Outcome.ALLOW,
+            subject="npi:1",
+            study_uid="1.2.3",
+            action="redeem",
+            operations=["view"],
+        ),
+    ]
+    sink = KafkaAuditSink(bootstrap, topic, source="/test", ack_timeout_seconds=30)
+
+    async def emit() -> None:
+        await sink.start()
+        for event in events:
+            await sink.emit(event)
+        await sink.close()
+
+    asyncio.run(emit())
+    poison = KafkaProducer(bootstrap_servers=bootstrap)
+    poison.send(topic, key=b"1.2.3", value=b"{not json", headers=[("ce_specversion", b"1.0")]).get(
+        30
+    )
+    poison.close()
+    env = os.environ | {
+        "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
+    }
+    for fmt in ("fhir", "dicom"):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "audit",
+                "export",
+                "--format",
+                fmt,
+                "--idle-exit",
+                "4",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"events": 2, "written": 2}
+    fhir = [
+        json.loads(line)
+        for line in (tmp_path / "export" / "audit-fhir.ndjson").read_text().splitlines()
+    ]
+    assert [r["id"] for r in fhir] == [e.id for e in events]
+    assert fhir[0]["resourceType"] == "AuditEvent"
+    assert fhir[0]["purposeOfEvent"][0]["coding"][0]["code"] == "BTG"
+    xml_lines = (tmp_path / "export" / "audit-dicom-audit.xml.lines").read_text().splitlines()
+    assert [ElementTree.fromstring(x).tag for x in xml_lines] == ["AuditMessage", "AuditMessage"]
+    alerts = subprocess.run(
+        [sys.executable, "-m", "broker", "audit", "alerts", "--idle-exit", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert alerts.returncode == 0, alerts.stderr[-2000:]
+    consumer = KafkaConsumer(
+        "telerad.alerts.v1",
+        topics["TELERAD_STREAMS__DEAD_LETTER_TOPIC"],
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+    )
+    try:
+        got = list(consumer)
+    finally:
+        consumer.close()
+    dead = [r for r in got if r.topic == topics["TELERAD_STREAMS__DEAD_LETTER_TOPIC"]]
+    assert [r.value for r in dead] == [
+        b"{not json"
+    ] * 3  # once per consumer group: fhir, dicom, alerts
+    assert all(dict(r.headers)["dlq_reason"] for r in dead)
+    raised = [json.loads(r.value) for r in got if r.topic == "telerad.alerts.v1"]
+    assert any(a["rule"] == "break_glass" and a["event_id"] == events[0].id for a in raised)

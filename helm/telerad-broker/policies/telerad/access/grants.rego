@@ -1,0 +1,106 @@
+# Role grants (every requirement positively satisfied), the reasons reported
+# for an allow, and the values behind the obligations.
+package telerad.access
+
+_granted if {
+	_granted_except_authentication
+	_strongly_authenticated
+}
+
+_granted_except_authentication if {
+	_role == "radiologist"
+	_common_requirements
+	_radiologist_valid
+	_credentialed
+	_licensed
+	_assignment_ok
+	_consent == "permit"
+	_break_glass_acceptable
+}
+
+_granted_except_authentication if {
+	_role == "referring_physician"
+	_common_requirements
+	_own_patient
+	_consent == "permit"
+	not _break_glass_requested
+}
+
+_granted_except_authentication if {
+	_role == "auditor"
+	_common_requirements
+	not _break_glass_requested
+}
+
+_common_requirements if {
+	count(_invalid_input) == 0
+	_facility_valid
+	_settings_valid
+	_operations_granted
+}
+
+_allow_reasons contains _reason("assigned_on_worklist", "the study is on the radiologist's worklist") if {
+	_role == "radiologist"
+	_on_worklist
+}
+
+_allow_reasons contains _reason("group_coverage", message) if {
+	_role == "radiologist"
+	_group_covers
+	not _sensitive
+	message := sprintf("reading group %s covers facility %s now", [_group, _input.resource.facility])
+}
+
+_allow_reasons contains _reason("break_glass", "emergency break-glass access; a security alert is raised") if {
+	_break_glass
+}
+
+_allow_reasons contains _reason("privileged", message) if {
+	_role == "radiologist"
+	_privileged
+	message := sprintf("privileged at facility %s", [_input.resource.facility])
+}
+
+_allow_reasons contains _reason("proxy_credentialed", message) if {
+	_role == "radiologist"
+	not _privileged
+	_proxy_credentialed
+	message := sprintf("credentialed by proxy at facility %s", [_input.resource.facility])
+}
+
+_allow_reasons contains _reason("referring_physician_own_patient", message) if {
+	_role == "referring_physician"
+	message := "the subject is the referring physician of this study"
+}
+
+_allow_reasons contains _reason("auditor_read_audit", "auditors may read audit records") if {
+	_role == "auditor"
+}
+
+_allow_reasons contains _reason("sensitive_study", message) if {
+	_sensitive
+	message := sprintf(
+		"sensitive labels %v: short link ttl and acr >= %d",
+		[sort(_sensitive_labels_present), _sensitive_min_acr],
+	)
+}
+
+_ttl_candidates contains _ttl_settings["default"]
+
+_ttl_candidates contains _ttl_settings.sensitive if _sensitive
+
+_ttl_candidates contains _ttl_settings.break_glass if _break_glass
+
+_link_ttl := min(_ttl_candidates)
+
+# bearer_only_redeem: the link may be redeemed by presenting the link alone.
+# Only plain view links to non-sensitive studies outside break-glass qualify;
+# all other links must be redeemed with the subject's session (action redeem).
+default _bearer_only_redeem := false
+
+_bearer_only_redeem if {
+	_input.action == "issue_link"
+	_requested_ops == {"view"}
+	not _sensitive
+	not _break_glass
+}

@@ -1,0 +1,244 @@
+{{/* Names ------------------------------------------------------------------------------------ */}}
+
+{{- define "telerad.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "telerad.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<suffix>", kept within 63 characters. Call with (list $ "suffix"). */}}
+{{- define "telerad.name.suffixed" -}}
+{{- $ctx := index . 0 -}}
+{{- printf "%s-%s" (include "telerad.fullname" $ctx | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "telerad.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "telerad.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "telerad.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "telerad.audit.serviceAccountName" -}}
+{{- if .Values.audit.serviceAccount.create -}}
+{{- default (include "telerad.name.suffixed" (list . "audit")) .Values.audit.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.audit.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels ----------------------------------------------------------------------------------- */}}
+
+{{/* Selector labels of one component. Call with (list $ "broker"). */}}
+{{- define "telerad.selectorLabels" -}}
+{{- $ctx := index . 0 -}}
+app.kubernetes.io/name: {{ include "telerad.name" $ctx }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* Every label of one component. Call with (list $ "broker"). */}}
+{{- define "telerad.labels" -}}
+{{- $ctx := index . 0 -}}
+helm.sh/chart: {{ include "telerad.chart" $ctx }}
+{{ include "telerad.selectorLabels" . }}
+app.kubernetes.io/version: {{ $ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: telerad
+app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
+{{- with $ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels every pod of this release carries (the release-wide deny-all selects them). */}}
+{{- define "telerad.releaseSelector" -}}
+app.kubernetes.io/name: {{ include "telerad.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Images ----------------------------------------------------------------------------------- */}}
+
+{{/* repository@digest, else repository:tag. Call with (list .Values.image $.Chart.AppVersion). */}}
+{{- define "telerad.image" -}}
+{{- $image := index . 0 -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default (index . 1) $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod and container pieces shared by every workload ---------------------------------------- */}}
+
+{{- define "telerad.containerSecurityContext" -}}
+{{- toYaml .Values.securityContext.container -}}
+{{- end -}}
+
+{{- define "telerad.podSecurityContext" -}}
+{{- toYaml .Values.securityContext.pod -}}
+{{- end -}}
+
+{{- define "telerad.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{/* The TELERAD_* environment ConfigMap's name. */}}
+{{- define "telerad.envConfigMap" -}}
+{{- include "telerad.name.suffixed" (list . "env") -}}
+{{- end -}}
+
+{{/* Checksum of a rendered template, so a change rolls the pods that use it. */}}
+{{- define "telerad.checksum" -}}
+{{- $ctx := index . 0 -}}
+{{- include (print $ctx.Template.BasePath "/" (index . 1)) $ctx | sha256sum -}}
+{{- end -}}
+
+{{/* Secret references of the broker: which Secret key becomes which file of TELERAD_SECRETS_DIR.
+     The file name is what pydantic-settings' secrets_dir looks for: TELERAD_<top-level field>. */}}
+{{- define "telerad.secretFiles" -}}
+{{- $s := .Values.secrets -}}
+{{- $files := list -}}
+{{- if $s.linkKeys.existingSecret -}}
+{{- $files = append $files (dict "secret" $s.linkKeys.existingSecret "key" $s.linkKeys.key "file" "TELERAD_LINKS") -}}
+{{- end -}}
+{{- if $s.sessionKeys.existingSecret -}}
+{{- $files = append $files (dict "secret" $s.sessionKeys.existingSecret "key" $s.sessionKeys.key "file" "TELERAD_IDENTITY") -}}
+{{- end -}}
+{{- if $s.pseudonymKey.existingSecret -}}
+{{- $files = append $files (dict "secret" $s.pseudonymKey.existingSecret "key" $s.pseudonymKey.key "file" "TELERAD_PSEUDONYM_KEY") -}}
+{{- end -}}
+{{- if $s.issuers.existingSecret -}}
+{{- $files = append $files (dict "secret" $s.issuers.existingSecret "key" $s.issuers.key "file" "TELERAD_ISSUERS") -}}
+{{- end -}}
+{{- if $s.pacs.existingSecret -}}
+{{- $files = append $files (dict "secret" $s.pacs.existingSecret "key" $s.pacs.key "file" "TELERAD_PACS") -}}
+{{- end -}}
+{{- toJson $files -}}
+{{- end -}}
+
+{{/* The effective number of broker replicas at rest (the HPA's minimum when autoscaling). */}}
+{{- define "telerad.minReplicas" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- .Values.autoscaling.minReplicas | int -}}
+{{- else -}}
+{{- .Values.broker.replicaCount | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The OPA policy ConfigMap key of a chart file ("policies/telerad/access/x.rego" ->
+     "telerad__access__x.rego"): ConfigMap keys cannot hold "/". */}}
+{{- define "telerad.opa.policyKey" -}}
+{{- trimPrefix "policies/" . | replace "/" "__" -}}
+{{- end -}}
+
+{{/* NetworkPolicy rules from groups ({to|from, ports}); a group with no peers gives no rule
+     (never a rule without peers, which would allow everything). Call with (list "to" groups). */}}
+{{- define "telerad.policyRules" -}}
+{{- $direction := index . 0 -}}
+{{- $rules := list -}}
+{{- range index . 1 -}}
+{{- $peers := index . $direction -}}
+{{- if $peers -}}
+{{- $rule := dict $direction $peers -}}
+{{- with .ports -}}
+{{- $_ := set $rule "ports" . -}}
+{{- end -}}
+{{- $rules = append $rules $rule -}}
+{{- end -}}
+{{- end -}}
+{{- if $rules -}}
+{{- toYaml $rules -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
+
+{{/* The pod template of one audit consumer. Call with a dict: ctx, name (ledger|alerts|export),
+     args, env, mounts, volumes, annotations (extra checksums). */}}
+{{- define "telerad.audit.podTemplate" -}}
+{{- $ctx := .ctx -}}
+{{- $cfg := index $ctx.Values.audit .name -}}
+{{- $component := printf "audit-%s" .name -}}
+metadata:
+  labels:
+    {{- include "telerad.labels" (list $ctx $component) | nindent 4 }}
+  annotations:
+    checksum/env: {{ include "telerad.checksum" (list $ctx "configmap-env.yaml") }}
+    {{- with .annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with $cfg.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "telerad.audit.serviceAccountName" $ctx }}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  securityContext:
+    {{- include "telerad.podSecurityContext" $ctx | nindent 4 }}
+  {{- with $ctx.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  # SIGTERM stops the consumer loop; offsets of handled batches are committed on the way out.
+  terminationGracePeriodSeconds: 30
+  containers:
+    - name: {{ .name }}
+      image: {{ include "telerad.image" (list $ctx.Values.image $ctx.Chart.AppVersion) | quote }}
+      imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+      args:
+        {{- toYaml .args | nindent 8 }}
+      envFrom:
+        - configMapRef:
+            name: {{ include "telerad.envConfigMap" $ctx }}
+      {{- with .env }}
+      env:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      resources:
+        {{- toYaml $cfg.resources | nindent 8 }}
+      securityContext:
+        {{- include "telerad.containerSecurityContext" $ctx | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        {{- with .mounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    {{- include "telerad.tmpVolume" $ctx | nindent 4 }}
+    {{- with .volumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}

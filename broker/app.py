@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from broker import __version__
@@ -31,6 +32,7 @@ from broker.links.endpoints import api_router as links_api_router
 from broker.links.endpoints import redeem_router
 from broker.links.token import LinkCodec
 from broker.logs import configure_logging
+from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations, apply_event
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     revocations = Revocations()
     pseudonym_key = _pseudonym_key(settings)
     links = LinkCodec(link_keyring(settings))
+    metrics = Metrics()
     audit_sink: AuditSink = audit or _audit_sink(settings)
     listener = (
         RevocationListener(
@@ -139,9 +142,10 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                         pseudonym_key=pseudonym_key,
                         ttl_seconds=settings.facts_ttl_seconds,
                     ),
-                    enforcer=PolicyEnforcer(opa, audit_sink),
+                    enforcer=PolicyEnforcer(opa, audit_sink, metrics),
                     links=links,
                     proxy=DicomwebProxy(settings.pacs, http),
+                    metrics=metrics,
                 )
                 yield
             finally:
@@ -175,6 +179,10 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz", tags=["ops"], summary="Every dependency is reachable")
     async def readyz(request: Request) -> JSONResponse:

@@ -19,6 +19,7 @@ from broker.audit import AuditEvent, AuditSink, AuditUnavailable, EventKind, Out
 from broker.dicomweb.facts import StudyFacts
 from broker.errors import DependencyUnavailable
 from broker.identity.principal import Principal
+from broker.metrics import Metrics
 from broker.opa import Decision, OpaGateway
 
 __all__ = ["Action", "PolicyEnforcer", "RequestContext"]
@@ -48,9 +49,10 @@ class RequestContext:
 class PolicyEnforcer:
     """Builds policy input, asks OPA, audits the decision."""
 
-    def __init__(self, opa: OpaGateway, audit: AuditSink) -> None:
+    def __init__(self, opa: OpaGateway, audit: AuditSink, metrics: Metrics) -> None:
         self._opa = opa
         self._audit = audit
+        self._metrics = metrics
 
     @staticmethod
     def build_input(
@@ -91,7 +93,12 @@ class PolicyEnforcer:
     ) -> Decision:
         """Decide and audit; raise :class:`DependencyUnavailable` if the audit is not durable."""
         policy_input = self.build_input(principal, action, operations, facts, context, break_glass)
-        decision = await self._opa.decide(policy_input)
+        with self._metrics.decision_seconds.time():
+            decision = await self._opa.decide(policy_input)
+        self._metrics.decisions.labels(action, "allow" if decision.allow else "deny").inc()
+        for reason in decision.reasons:
+            if reason.code.startswith("policy_"):
+                self._metrics.policy_errors.labels(reason.code).inc()
         event = AuditEvent(
             kind=EventKind.DECISION,
             outcome=Outcome.ALLOW if decision.allow else Outcome.DENY,
@@ -119,6 +126,7 @@ class PolicyEnforcer:
                     event.model_copy(update={"id": f"{event.id}-bg", "kind": EventKind.BREAK_GLASS})
                 )
         except AuditUnavailable as exc:
+            self._metrics.audit_failures.inc()
             raise DependencyUnavailable(
                 "The audit trail is unavailable; nothing was granted."
             ) from exc

@@ -15,6 +15,7 @@ from broker.health import ReadinessChecker
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
 from broker.links.token import LinkCodec
+from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations
@@ -38,6 +39,7 @@ class AppState:
     enforcer: PolicyEnforcer
     links: LinkCodec
     proxy: DicomwebProxy
+    metrics: Metrics
 
 
 def state_of(connection: HTTPConnection) -> AppState:

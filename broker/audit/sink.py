@@ -6,14 +6,17 @@ import logging
 from typing import Protocol
 
 from broker.audit.events import AuditEvent
+from broker.errors import DependencyUnavailable
 
 __all__ = ["AuditSink", "AuditUnavailable", "LogSink", "MemorySink"]
 
 log = logging.getLogger("telerad.audit")
 
 
-class AuditUnavailable(RuntimeError):
-    """The event could not be made durable: the caller must not grant (fail closed)."""
+class AuditUnavailable(DependencyUnavailable):
+    """The event could not be made durable: the caller must not grant (fail closed; a 503)."""
+
+    message = "The audit trail is unavailable; nothing was granted."
 
 
 class AuditSink(Protocol):

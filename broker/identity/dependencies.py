@@ -33,6 +33,7 @@ async def current_principal(request: Request) -> Principal:
         try:
             principal = await state.bearer.validate(token.strip())
         except TokenRejected as exc:
+            state.metrics.token_rejections.labels(exc.reason).inc()
             await state.audit.emit(
                 AuditEvent(
                     kind=EventKind.TOKEN_REJECTED,

@@ -227,8 +227,10 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         if not decision.allow:
             _refuse(decision, principal, request)
     except TeleradError as exc:
+        state.metrics.redemptions.labels(reason).inc()
         await _audit_redeem(state, claims, principal, operation, Outcome.DENY, [reason], context)
         raise exc from None
+    state.metrics.redemptions.labels("allow").inc()
     await _audit_redeem(state, claims, principal, operation, Outcome.ALLOW, [], context, decision)
     link_base = f"{str(state.settings.public_url).rstrip('/')}/links/{token}/dicom-web"
     return await state.proxy.forward(

@@ -194,6 +194,8 @@ class TestFailClosed:
         )
         assert issue.status_code == 503, issue.text
         assert broker.audit.events[-1].outcome.value == "deny"
+        metrics = (await broker.client.get(f"{broker.url}/metrics")).text
+        assert 'telerad_policy_errors_total{code="policy_unavailable"} 2.0' in metrics
 
     async def test_data_changed_at_runtime_is_followed(
         self, broker: Broker, stack: Stack, own_opa: Any

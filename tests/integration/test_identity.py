@@ -238,3 +238,67 @@ class TestAttacks:
         )
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == 'Bearer error="invalid_request"'
+
+
+class TestKeyRotation:
+    @pytest.fixture
+    def broker_env(self, broker_env: dict[str, str]) -> dict[str, str]:
+        import os
+
+        os.environ["TELERAD_IDENTITY__JWKS_MIN_REFRESH_SECONDS"] = "1"
+        return broker_env
+
+    async def test_new_signing_key_at_the_idp_is_picked_up(
+        self, broker: Broker, stack: Stack
+    ) -> None:
+        import asyncio
+
+        from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
+
+        base = stack.services["keycloak"].endpoints["url"]
+        before = password_token(realm(stack, "hospital-a"), "ada")
+        ok = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {before}"}
+        )
+        assert ok.status_code == 200, ok.text
+        admin = httpx.post(
+            f"{base}/realms/master/protocol/openid-connect/token",
+            data={
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": "admin",
+                "password": KEYCLOAK_ADMIN_PASSWORD,
+            },
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {admin}"}
+        realm_id = httpx.get(f"{base}/admin/realms/hospital-a", headers=auth).json()["id"]
+        created = httpx.post(
+            f"{base}/admin/realms/hospital-a/components",
+            headers=auth,
+            json={
+                "name": f"rotated-{int(time.time())}",
+                "providerId": "rsa-generated",
+                "providerType": "org.keycloak.keys.KeyProvider",
+                "parentId": realm_id,
+                "config": {
+                    "priority": ["500"],
+                    "keySize": ["2048"],
+                    "active": ["true"],
+                    "enabled": ["true"],
+                    "algorithm": ["RS256"],
+                },
+            },
+        )
+        assert created.status_code == 201, created.text
+        after = password_token(realm(stack, "hospital-a"), "ada")
+        assert _parts(after)[0]["kid"] != _parts(before)[0]["kid"]
+        await asyncio.sleep(1.2)  # past the refresh rate limit set above
+        rotated = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {after}"}
+        )
+        assert rotated.status_code == 200, rotated.text
+        # the old key is still published, so unexpired tokens signed with it keep working
+        old = await broker.client.get(
+            f"{broker.url}/api/me", headers={"Authorization": f"Bearer {before}"}
+        )
+        assert old.status_code == 200

@@ -59,6 +59,9 @@ class IssuerSettings(_Section):
     client_id: str | None = None  # set for issuers that browsers log in through
     client_secret: SecretStr | None = None
     claims: ClaimMapping = ClaimMapping()
+    # "jwt": verify signatures locally (JWKS). "introspection": ask the IdP (RFC 7662) for every
+    # new token, e.g. for opaque tokens; answers are reused for introspection_cache_seconds.
+    validation: Literal["jwt", "introspection"] = "jwt"
 
     @field_validator("algorithms")
     @classmethod
@@ -79,6 +82,7 @@ class IdentitySettings(_Section):
     leeway_seconds: Annotated[int, Field(ge=0, le=120)] = 30  # exp/nbf/iat clock skew
     max_token_bytes: Annotated[int, Field(ge=512, le=65536)] = 8192
     token_cache_size: Annotated[int, Field(ge=0)] = 10000  # validated tokens kept until exp
+    introspection_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 30.0
     jwks_min_refresh_seconds: Annotated[float, Field(ge=0)] = 30.0  # unknown-kid refresh limit
     jwks_max_age_seconds: Annotated[float, Field(gt=0)] = 3600.0
     session_idle_seconds: Annotated[int, Field(gt=0)] = 900  # 15 minutes without a request

@@ -151,7 +151,9 @@ class BearerValidator:
             for name in self._issuers
         }
         self._clock = clock
-        self._cache: OrderedDict[bytes, Principal] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._http = http
+        self._introspecting = [i for i in issuers if i.validation == "introspection"]
 
     def keys(self, issuer: str) -> IssuerKeys:
         """The key cache of one trusted issuer."""
@@ -168,17 +170,23 @@ class BearerValidator:
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None:
-            if cached.expires_at > now - self._settings.leeway_seconds:
+            principal, until = cached
+            if until > now:
                 self._cache.move_to_end(digest)
-                return cached
+                return principal
             del self._cache[digest]
-        principal = await self._verify(token, now)
-        self._cache[digest] = principal  # only ever a fully verified token, keyed by its digest
+        principal, until = await self._verify(token, now)
+        self._cache[digest] = (principal, until)  # only verified tokens, keyed by their digest
         if len(self._cache) > self._settings.token_cache_size:
             self._cache.popitem(last=False)
         return principal
 
-    async def _verify(self, token: str, now: float) -> Principal:
+    async def _verify(self, token: str, now: float) -> tuple[Principal, float]:
+        """The principal, and until when the validation may be reused."""
+        if token.count(".") != 2:
+            if len(self._introspecting) == 1:  # an opaque token: only one issuer can own it
+                return await self._introspect(token, self._introspecting[0], now)
+            raise TokenRejected("malformed")
         header, claims = self._parse(token)
         issuer_name = claims.get("iss")
         if not isinstance(issuer_name, str):
@@ -186,6 +194,8 @@ class BearerValidator:
         issuer = self._issuers.get(issuer_name)
         if issuer is None:
             raise TokenRejected("untrusted_issuer")
+        if issuer.validation == "introspection":
+            return await self._introspect(token, issuer, now)
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise TokenRejected("algorithm_not_allowed", issuer_name)
@@ -204,7 +214,44 @@ class BearerValidator:
         except (JoseError, ValueError) as exc:
             raise TokenRejected("bad_signature", issuer_name) from exc
         self._check_claims(claims, issuer, now)
-        return claims_to_principal(claims, issuer)
+        return claims_to_principal(claims, issuer), float(
+            claims["exp"]
+        ) + self._settings.leeway_seconds
+
+    async def _introspect(
+        self, token: str, issuer: IssuerSettings, now: float
+    ) -> tuple[Principal, float]:
+        """RFC 7662: ask the issuer whether the token is active, and what it stands for."""
+        name = str(issuer.issuer).rstrip("/")
+        keys = self._keys[name]
+        metadata = keys.metadata or await keys.discovery()
+        endpoint = metadata.get("introspection_endpoint")
+        if (
+            not isinstance(endpoint, str)
+            or issuer.client_id is None
+            or issuer.client_secret is None
+        ):
+            raise TokenRejected("introspection_unavailable", name)
+        try:
+            response = await self._http.post(
+                endpoint,
+                data={"token": token, "token_type_hint": "access_token"},
+                auth=(issuer.client_id, issuer.client_secret.get_secret_value()),
+            )
+            response.raise_for_status()
+            claims = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TokenRejected("introspection_failed", name) from exc
+        # RFC 7662 §2.2: "active" REQUIRED; anything but true means the token is not usable.
+        if not isinstance(claims, dict) or claims.get("active") is not True:
+            raise TokenRejected("inactive", name)
+        if claims.get("iss", name) != name:
+            raise TokenRejected("untrusted_issuer", name)
+        claims.setdefault("iss", name)
+        claims.setdefault("iat", int(now))
+        self._check_claims(claims, issuer, now)
+        until = min(float(claims["exp"]), now + self._settings.introspection_cache_seconds)
+        return claims_to_principal(claims, issuer), until
 
     def _parse(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         parts = token.split(".")

@@ -302,3 +302,49 @@ class TestKeyRotation:
             f"{broker.url}/api/me", headers={"Authorization": f"Bearer {before}"}
         )
         assert old.status_code == 200
+
+
+class TestIntrospection:
+    """RFC 7662 for an issuer configured to be asked about every token (as for opaque tokens)."""
+
+    @pytest.fixture
+    def broker_env(self, broker_env: dict[str, str]) -> dict[str, str]:
+        import os
+
+        issuers = json.loads(broker_env["TELERAD_ISSUERS"])
+        for issuer in issuers:
+            if issuer["issuer"].endswith("/hospital-b"):
+                issuer["validation"] = "introspection"
+        os.environ["TELERAD_ISSUERS"] = json.dumps(issuers)
+        os.environ["TELERAD_IDENTITY__INTROSPECTION_CACHE_SECONDS"] = "0"
+        return broker_env
+
+    async def test_active_then_revoked_at_the_idp(self, broker: Broker, stack: Stack) -> None:
+        from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
+
+        fay = password_token(realm(stack, "hospital-b"), "fay", realm="hospital-b")
+        headers = {"Authorization": f"Bearer {fay}"}
+        me = await broker.client.get(f"{broker.url}/api/me", headers=headers)
+        assert me.status_code == 200, me.text
+        assert me.json()["id"] == "npi:2000000001"
+        base = stack.services["keycloak"].endpoints["url"]
+        admin = httpx.post(
+            f"{base}/realms/master/protocol/openid-connect/token",
+            data={
+                "grant_type": "password",
+                "client_id": "admin-cli",
+                "username": "admin",
+                "password": KEYCLOAK_ADMIN_PASSWORD,
+            },
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {admin}"}
+        (user,) = httpx.get(
+            f"{base}/admin/realms/hospital-b/users",
+            params={"username": "fay", "exact": "true"},
+            headers=auth,
+        ).json()
+        out = httpx.post(f"{base}/admin/realms/hospital-b/users/{user['id']}/logout", headers=auth)
+        assert out.status_code == 204, out.text
+        after = await broker.client.get(f"{broker.url}/api/me", headers=headers)
+        assert after.status_code == 401, after.text
+        assert broker.audit.events[-1].reasons == ["inactive"]

@@ -99,7 +99,9 @@ def start_kafka(run_dir: Path, *, timeout: float = 120.0, fresh: bool = True) ->
         (home / "data").mkdir(parents=True)
         _write_kafka_config(config, home, free_port(), free_port())
         shutil.copy(_resource("kafka-log4j2.xml"), log4j)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool would read "-..." as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = ManagedProcess(
             "kafka (storage format)",
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],

@@ -71,7 +71,10 @@ class OpaGateway:
     async def _query(self, input_data: dict[str, Any]) -> dict[str, Any]:
         result = await asyncio.wait_for(
             self._client.query_rule(
-                input_data=input_data, package_path=self._package, rule_name=self._rule
+                input_data=input_data,
+                package_path=self._package,
+                rule_name=self._rule,
+                query_params={"provenance": True},  # bundle revisions ride along
             ),
             self._settings.timeout_seconds,
         )
@@ -100,7 +103,10 @@ class OpaGateway:
                 "policy_malformed", "The policy's decision is malformed.", decision_id=decision_id
             )
         try:
-            decision = Decision.model_validate(result | {"decision_id": decision_id})
+            revision = _revision(answer.get("provenance"))
+            decision = Decision.model_validate(
+                result | {"decision_id": decision_id, "policy_revision": revision}
+            )
         except ValidationError:
             return Decision.deny(
                 "policy_malformed", "The policy's decision is malformed.", decision_id=decision_id
@@ -114,3 +120,16 @@ class OpaGateway:
             raise LookupError(
                 f"decision {self._settings.decision_path} is undefined (no policy loaded)"
             )
+
+
+def _revision(provenance: Any) -> str | None:
+    """The policy bundles' revisions (``name@revision``), when OPA serves bundles."""
+    bundles = provenance.get("bundles") if isinstance(provenance, dict) else None
+    if not isinstance(bundles, dict) or not bundles:
+        return None
+    parts = [
+        f"{name}@{info.get('revision', '')}"
+        for name, info in sorted(bundles.items())
+        if isinstance(info, dict)
+    ]
+    return ",".join(parts) or None

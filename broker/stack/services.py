@@ -11,6 +11,7 @@ import base64
 import json
 import shutil
 import socket
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from broker.stack import provision
-from broker.stack._procs import ManagedProcess, free_port, progress
+from broker.stack._procs import ManagedProcess, ServiceStartError, free_port, progress
 
 __all__ = [
     "ORTHANC_PASSWORD",
@@ -175,11 +176,46 @@ def _kafka_ready(bootstrap: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- OPA
-def start_opa(run_dir: Path, *, policy_paths: list[Path], timeout: float = 30.0) -> Service:
-    """An OPA server with the given policy/data paths loaded (test files excluded)."""
+def start_opa(
+    run_dir: Path,
+    *,
+    policy_paths: list[Path],
+    revision: str | None = None,
+    timeout: float = 30.0,
+) -> Service:
+    """An OPA server with the given policy/data paths loaded (test files excluded).
+
+    With ``revision``, the paths are first built into a bundle (``opa build --revision``) and
+    served as one, so every decision names the policy revision it came from; without it, they
+    are loaded as plain files, which leaves the data writable through OPA's API.
+    """
     opa = provision.go_tool("opa")
     port = free_port()
     log_path = run_dir / "logs" / "opa.log"
+    sources = [str(p) for p in policy_paths]
+    if revision is not None:
+        bundle = run_dir / "opa" / "policy-bundle.tar.gz"
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        build = subprocess.run(
+            [
+                str(opa),
+                "build",
+                "--ignore=*_test.rego",
+                "--ignore=.*",
+                f"--revision={revision}",
+                "-o",
+                str(bundle),
+                *sources,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if build.returncode != 0:
+            raise ServiceStartError(
+                f"opa: the policy bundle did not build:\n{build.stderr[-2000:]}"
+            )
+        sources = ["--bundle", bundle.name]  # relative: OPA names the bundle by this path
     argv = [
         str(opa),
         "run",
@@ -190,10 +226,11 @@ def start_opa(run_dir: Path, *, policy_paths: list[Path], timeout: float = 30.0)
         "--ignore=*_test.rego",
         "--ignore=.*",
         "--set=decision_logs.console=true",  # decision ids in answers, decisions in the log
-        *[str(p) for p in policy_paths],
+        *sources,
     ]
     progress(f"opa: starting on 127.0.0.1:{port}")
-    proc = ManagedProcess("opa", argv, log_path=log_path)
+    (run_dir / "opa").mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess("opa", argv, log_path=log_path, cwd=run_dir / "opa")
     proc.start()
     url = f"http://127.0.0.1:{port}"
     proc.wait_ready(lambda: _http_ok(f"{url}/health"), timeout=timeout)

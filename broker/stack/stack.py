@@ -173,6 +173,22 @@ def _facts_catalog() -> dict[str, object]:
     }
 
 
+def _revision(root: Path) -> str:
+    """The checkout's commit, as the policy bundle's revision ("dev" outside a git checkout)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "dev"
+    return f"git-{head}" if head else "dev"
+
+
 def _process_starter(part: str, run_dir: Path) -> Callable[[], Service]:
     root = repo_root()
     if part == "kafka":
@@ -180,7 +196,7 @@ def _process_starter(part: str, run_dir: Path) -> Callable[[], Service]:
     if part == "opa":
         policy_paths = [root / "policies" / "telerad", root / "policies" / "data"]
         return lambda: services.start_opa(
-            run_dir, policy_paths=[p for p in policy_paths if p.exists()]
+            run_dir, policy_paths=[p for p in policy_paths if p.exists()], revision=_revision(root)
         )
     if part == "keycloak":
         return lambda: services.start_keycloak(run_dir)

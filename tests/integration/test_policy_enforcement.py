@@ -57,6 +57,8 @@ class TestRules:
         }
         assert result["decision_id"]
         assert broker.audit.events[-1].decision_id == result["decision_id"]
+        revision = broker.audit.events[-1].policy_revision
+        assert revision is not None and revision.startswith("policy-bundle.tar.gz@"), revision
 
     async def test_no_license_no_privilege(self, broker: Broker, stack: Stack) -> None:
         result = await decide(broker, token(stack, "ada"), "mercy-ct-head")

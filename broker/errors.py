@@ -16,7 +16,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
@@ -120,8 +120,15 @@ def _body(code: str, detail: str) -> dict[str, str]:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error to one JSON shape; nothing internal reaches the client."""
 
-    async def telerad_error(_: Request, exc: Exception) -> JSONResponse:
+    async def telerad_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TeleradError)
+        if (
+            isinstance(exc, StepUpRequired)
+            and exc.login_url
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+        ):
+            return RedirectResponse(exc.login_url, status_code=303)  # a browser: back to the IdP
         body = _body(exc.code, exc.detail)
         if isinstance(exc, StepUpRequired) and exc.login_url:
             body["login_url"] = exc.login_url

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import time
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -86,10 +87,12 @@ def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
     if isinstance(step_up, dict) and codes == ["step_up_required"]:
         acr, max_age = step_up.get("acr"), step_up.get("max_age")
         login_url = None
-        if principal.via == "session":
-            login_url = f"/auth/login?acr_values={acr}" + (
-                f"&max_age={max_age}" if max_age is not None else ""
-            )
+        issuer = state_of(request).bearer.issuer(principal.issuer)
+        if principal.via == "session" and issuer is not None:
+            params = {"idp": issuer.label, "acr_values": acr, "next": request.url.path}
+            if max_age is not None:
+                params["max_age"] = max_age
+            login_url = "/auth/login?" + urlencode(params)
         raise StepUpRequired(acr, max_age, login_url)
     if any(code.startswith("policy_") for code in codes):
         raise DependencyUnavailable("The policy service is unavailable; nothing was granted.")

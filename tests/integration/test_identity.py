@@ -348,3 +348,34 @@ class TestIntrospection:
         after = await broker.client.get(f"{broker.url}/api/me", headers=headers)
         assert after.status_code == 401, after.text
         assert broker.audit.events[-1].reasons == ["inactive"]
+
+
+class TestStepUp:
+    async def test_browser_steps_up_with_acr_values(self, broker: Broker, stack: Stack) -> None:
+        from broker.stack.samples import sample_studies
+        from tests.integration.helpers import form_action, totp
+
+        vip = next(s for s in sample_studies() if s.key == "stolaf-mr-vip").study_uid
+        landed = await browser_login(
+            broker.client, broker.url, idp="hospital-a", username="eve", otp_secret=None
+        )
+        assert landed.status_code == 303, landed.text
+        assert (await broker.client.get(f"{broker.url}/api/me")).json()["acr"] == "1"
+        refused = await broker.client.post(f"{broker.url}/api/links", json={"study_uid": vip})
+        assert refused.status_code == 401, refused.text
+        assert 'error="insufficient_user_authentication"' in refused.headers["www-authenticate"]
+        login_url = refused.json()["login_url"]
+        assert "acr_values=2" in login_url and "idp=hospital-a" in login_url
+        start = await broker.client.get(broker.url + login_url)
+        assert start.status_code == 302
+        otp_page = await broker.client.get(start.headers["location"])  # same SSO session: OTP only
+        assert otp_page.status_code == 200, otp_page.text[:500]
+        answer = await broker.client.post(
+            form_action(otp_page.text), data={"otp": totp(EVE_TOTP_BASE32)}
+        )
+        assert answer.status_code == 302, answer.text[:1000]
+        back = await broker.client.get(answer.headers["location"])
+        assert back.status_code == 303
+        assert (await broker.client.get(f"{broker.url}/api/me")).json()["acr"] == "2"
+        granted = await broker.client.post(f"{broker.url}/api/links", json={"study_uid": vip})
+        assert granted.status_code == 200, granted.text

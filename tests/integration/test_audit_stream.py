@@ -394,3 +394,71 @@ def test_export_alerts_and_dead_letters(
     assert all(dict(r.headers)["dlq_reason"] for r in dead)
     raised = [json.loads(r.value) for r in got if r.topic == "telerad.alerts.v1"]
     assert any(a["rule"] == "break_glass" and a["event_id"] == events[0].id for a in raised)
+
+
+def test_kill_9_loses_nothing_acknowledged(
+    stack: Stack, topics: dict[str, str], broker_env: dict[str, str]
+) -> None:
+    import threading
+
+    port = free_port()
+    env = os.environ | {"TELERAD_PORT": str(port), "TELERAD_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the broker did not start"
+            time.sleep(0.2)
+        ada = token(stack, "ada")
+        granted: list[str] = []
+        lock = threading.Lock()
+
+        def one(_: int) -> None:
+            try:
+                r = httpx.post(
+                    f"{url}/api/decisions",
+                    json={"study_uid": STUDY["stolaf-ct-chest"]},
+                    headers={"Authorization": f"Bearer {ada}"},
+                    timeout=10,
+                )
+            except httpx.HTTPError:
+                return  # the broker died under this request: it never answered yes
+            if r.status_code == 200 and r.json()["allow"]:
+                with lock:
+                    granted.append(r.json()["decision_id"])
+                    if len(granted) == 40:
+                        os.killpg(broker.pid, signal.SIGKILL)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(400)))
+        broker.wait(timeout=10)
+        assert broker.returncode == -signal.SIGKILL
+        assert 40 <= len(granted) < 400
+    finally:
+        if broker.poll() is None:
+            os.killpg(broker.pid, signal.SIGKILL)
+            broker.wait()
+    consumer = KafkaConsumer(
+        topics["TELERAD_KAFKA__AUDIT_TOPIC"],
+        bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"],
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+    )
+    try:
+        recorded = {json.loads(r.value).get("decision_id") for r in consumer}
+    finally:
+        consumer.close()
+    missing = [d for d in granted if d not in recorded]
+    assert missing == [], f"{len(missing)} acknowledged grants have no audit record"

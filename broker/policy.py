@@ -45,6 +45,12 @@ class RequestContext:
             now=time.time(),
         )
 
+    @classmethod
+    def audit_fields(cls, request: Request) -> dict[str, str | None]:
+        """``client_ip`` and ``user_agent`` for an audit event about ``request``."""
+        context = cls.of(request)
+        return {"client_ip": context.client_ip, "user_agent": context.user_agent}
+
 
 class PolicyEnforcer:
     """Builds policy input, asks OPA, audits the decision."""

@@ -31,6 +31,7 @@ from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, strict_json
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META
+from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
 
@@ -150,7 +151,7 @@ async def callback(request: Request) -> Response:
     state = state_of(request)
     name = request.session.get("idp")
     client = state.oauth.create_client(name) if isinstance(name, str) else None
-    audit_base = _context(request)
+    audit_base = RequestContext.audit_fields(request)
     if client is None:
         await state.audit.emit(
             AuditEvent(
@@ -227,7 +228,7 @@ async def logout(request: Request) -> Response:
         "subject": principal.id,
         "issuer": principal.issuer,
         "session_id": principal.session_id,
-        **_context(request),
+        **RequestContext.audit_fields(request),
     }
     await state.audit.emit(AuditEvent(kind=EventKind.LOGOUT, outcome=Outcome.SUCCESS, **base))
     if principal.session_id:
@@ -267,7 +268,7 @@ async def backchannel_logout(request: Request) -> Response:
     base = {
         "issuer": str(claims["iss"]),
         "detail": {"by": "backchannel_logout"},
-        **_context(request),
+        **RequestContext.audit_fields(request),
     }
     if isinstance(claims.get("sid"), str):
         await revoke_everywhere(
@@ -338,10 +339,3 @@ async def _verify_logout_token(state: AppState, token: str) -> dict[str, Any]:
     ):
         raise BadRequest("invalid logout_token")
     return claims
-
-
-def _context(request: Request) -> dict[str, Any]:
-    return {
-        "client_ip": request.client.host if request.client else None,
-        "user_agent": (request.headers.get("user-agent") or "")[:256] or None,
-    }

@@ -180,7 +180,7 @@ async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Reques
             issuer=principal.issuer,
             link_id=link_id,
             detail={"by": "owner"},
-            **_ctx(request),
+            **RequestContext.audit_fields(request),
         )
     except AuditUnavailable as exc:
         # revoked here already; other replicas learn of it only through the stream
@@ -277,10 +277,3 @@ async def _audit(state: AppState, event: AuditEvent) -> None:
         await state.audit.emit(event)
     except AuditUnavailable as exc:
         raise DependencyUnavailable("The audit trail is unavailable; nothing was granted.") from exc
-
-
-def _ctx(request: Request) -> dict[str, Any]:
-    return {
-        "client_ip": request.client.host if request.client else None,
-        "user_agent": (request.headers.get("user-agent") or "")[:256] or None,
-    }

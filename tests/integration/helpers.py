@@ -84,3 +84,21 @@ async def browser_login(
     callback = answer.headers["location"]
     assert callback.startswith(f"{broker_url}/auth/callback"), callback
     return await client.get(callback)
+
+
+def keycloak_admin(base_url: str) -> dict[str, str]:
+    """Headers for Keycloak's admin API (the stack's dev-only bootstrap admin)."""
+    from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
+
+    response = httpx.post(
+        f"{base_url}/realms/master/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": "admin-cli",
+            "username": "admin",
+            "password": KEYCLOAK_ADMIN_PASSWORD,
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}

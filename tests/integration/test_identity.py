@@ -13,7 +13,12 @@ from joserfc.jwk import RSAKey
 
 from broker.stack.stack import Stack
 from tests.integration.conftest import Broker
-from tests.integration.helpers import EVE_TOTP_BASE32, browser_login, password_token
+from tests.integration.helpers import (
+    EVE_TOTP_BASE32,
+    browser_login,
+    keycloak_admin,
+    password_token,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -253,24 +258,13 @@ class TestKeyRotation:
     ) -> None:
         import asyncio
 
-        from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
-
         base = stack.services["keycloak"].endpoints["url"]
         before = password_token(realm(stack, "hospital-a"), "ada")
         ok = await broker.client.get(
             f"{broker.url}/api/me", headers={"Authorization": f"Bearer {before}"}
         )
         assert ok.status_code == 200, ok.text
-        admin = httpx.post(
-            f"{base}/realms/master/protocol/openid-connect/token",
-            data={
-                "grant_type": "password",
-                "client_id": "admin-cli",
-                "username": "admin",
-                "password": KEYCLOAK_ADMIN_PASSWORD,
-            },
-        ).json()["access_token"]
-        auth = {"Authorization": f"Bearer {admin}"}
+        auth = keycloak_admin(base)
         realm_id = httpx.get(f"{base}/admin/realms/hospital-a", headers=auth).json()["id"]
         created = httpx.post(
             f"{base}/admin/realms/hospital-a/components",
@@ -320,24 +314,13 @@ class TestIntrospection:
         return broker_env
 
     async def test_active_then_revoked_at_the_idp(self, broker: Broker, stack: Stack) -> None:
-        from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
-
         fay = password_token(realm(stack, "hospital-b"), "fay", realm="hospital-b")
         headers = {"Authorization": f"Bearer {fay}"}
         me = await broker.client.get(f"{broker.url}/api/me", headers=headers)
         assert me.status_code == 200, me.text
         assert me.json()["id"] == "npi:2000000001"
         base = stack.services["keycloak"].endpoints["url"]
-        admin = httpx.post(
-            f"{base}/realms/master/protocol/openid-connect/token",
-            data={
-                "grant_type": "password",
-                "client_id": "admin-cli",
-                "username": "admin",
-                "password": KEYCLOAK_ADMIN_PASSWORD,
-            },
-        ).json()["access_token"]
-        auth = {"Authorization": f"Bearer {admin}"}
+        auth = keycloak_admin(base)
         (user,) = httpx.get(
             f"{base}/admin/realms/hospital-b/users",
             params={"username": "fay", "exact": "true"},

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 CACHE ?= $(HOME)/.cache/telerad
-GO_TOOLS := opa,regal
+GO_TOOLS := opa,regal,helm
 export OPA := $(CACHE)/bin/opa-v1.22.3
 export REGAL := $(CACHE)/bin/regal-$(shell sed -n 's/^REGAL_VERSION = "\(.*\)"/\1/p' broker/stack/provision.py)
 
@@ -39,6 +39,10 @@ lint: install ## ruff (lint + format check) and mypy --strict
 .PHONY: policy-check
 policy-check: provision ## opa fmt, opa check --strict, opa test with coverage, Regal
 	bash policies/check.sh
+
+.PHONY: helm-check
+helm-check: provision ## the Helm chart: lint, template per scenario, values table, chart tests
+	bash scripts/helm-check.sh
 
 .PHONY: pytest
 pytest: provision ## the pytest suite (unit + integration against the real stack)

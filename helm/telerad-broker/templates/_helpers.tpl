@@ -211,7 +211,7 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  # SIGTERM stops the consumer loop; offsets of handled batches are committed on the way out.
+  # SIGTERM sets the consumer's stop flag: it finishes the batch in hand and closes within 5 s.
   terminationGracePeriodSeconds: 30
   containers:
     - name: {{ .name }}

@@ -1,0 +1,601 @@
+"""One class per template: what each renders, and what it must never render."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helm.conftest import RELEASE, SCENARIOS, Chart, Doc, Rendered
+
+_RESTRICTED = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _pod(workload: Doc) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def _env(container: Doc) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+class TestSecurityContext:
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_container_is_restricted(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        containers = rendered[scenario].containers()
+        assert len(containers) >= 3
+        for name, container in containers:
+            sc = container["securityContext"]
+            for key, wanted in _RESTRICTED.items():
+                assert sc.get(key) == wanted, (name, key, sc)
+            assert sc["runAsUser"] == 10001, name
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_pod_is_non_root_without_token_or_host_access(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        for workload in rendered[scenario].workloads():
+            pod = _pod(workload)
+            name = workload["metadata"]["name"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["securityContext"]["runAsUser"] == 10001, name
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert pod["automountServiceAccountToken"] is False, name
+            assert pod["enableServiceLinks"] is False, name
+            for host in ("hostNetwork", "hostPID", "hostIPC"):
+                assert not pod.get(host), (name, host)
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_container_has_requests_and_limits(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        for name, container in rendered[scenario].containers():
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= resources["requests"].keys(), name
+            assert {"cpu", "memory"} <= resources["limits"].keys(), name
+
+    def test_tmp_is_writable_and_mounted_config_read_only(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        for workload in rendered["production"].workloads():
+            volumes = {v["name"]: v for v in _pod(workload)["volumes"]}
+            assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "64Mi"
+            for container in _pod(workload)["containers"]:
+                mounts = {m["name"]: m for m in container["volumeMounts"]}
+                assert mounts["tmp"]["mountPath"] == "/tmp"
+                for mount in mounts.values():
+                    volume = volumes.get(mount["name"], {})  # else a volumeClaimTemplate
+                    if "secret" in volume or "projected" in volume or "configMap" in volume:
+                        assert mount.get("readOnly") is True, mount
+
+
+class TestServiceAccount:
+    def test_tokens_are_never_mounted(self, rendered: dict[str, Rendered]) -> None:
+        accounts = rendered["minimal"].all("ServiceAccount")
+        assert {a["metadata"]["name"] for a in accounts} == {RELEASE, f"{RELEASE}-audit"}
+        for account in accounts:
+            assert account["automountServiceAccountToken"] is False
+
+    def test_broker_and_consumers_have_their_own_identity(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        names = {
+            w["metadata"]["name"]: _pod(w)["serviceAccountName"]
+            for w in rendered["minimal"].workloads()
+        }
+        assert names.pop(RELEASE) == RELEASE
+        assert set(names.values()) == {f"{RELEASE}-audit"}
+
+    def test_no_rbac_is_rendered(self, rendered: dict[str, Rendered]) -> None:
+        for scenario in rendered.values():
+            assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(
+                scenario.kinds()
+            )
+
+
+class TestSecrets:
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_the_chart_creates_no_secret(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        assert rendered[scenario].all("Secret") == []
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_no_secret_reaches_the_environment(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        for name, container in rendered[scenario].containers():
+            for env in container.get("env", []):
+                assert "valueFrom" not in env, (name, env)
+            for source in container.get("envFrom", []):
+                assert "secretRef" not in source, (name, source)
+        for configmap in rendered[scenario].all("ConfigMap"):
+            for key in configmap["data"]:
+                assert not key.endswith(("PASSWORD", "_KEYS", "SECRET", "PSEUDONYM_KEY")), key
+
+    def test_secret_files_are_projected_under_their_settings_names(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        broker = rendered["production"].broker()
+        volumes = {v["name"]: v for v in _pod(broker)["volumes"]}
+        sources = volumes["secrets"]["projected"]["sources"]
+        files = {s["secret"]["name"]: s["secret"]["items"] for s in sources}
+        assert files == {
+            "telerad-links": [{"key": "links.json", "path": "TELERAD_LINKS"}],
+            "telerad-sessions": [{"key": "identity.json", "path": "TELERAD_IDENTITY"}],
+            "telerad-pseudonym": [{"key": "pseudonym-key", "path": "TELERAD_PSEUDONYM_KEY"}],
+            "telerad-issuers": [{"key": "issuers.json", "path": "TELERAD_ISSUERS"}],
+            "telerad-pacs": [{"key": "pacs.json", "path": "TELERAD_PACS"}],
+        }
+        assert volumes["secrets"]["projected"]["defaultMode"] == 0o440
+        container = rendered["production"].container(broker, "broker")
+        assert _env(container)["TELERAD_SECRETS_DIR"] == "/var/run/secrets/telerad"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "secrets"]
+        assert mount == {
+            "name": "secrets",
+            "mountPath": "/var/run/secrets/telerad",
+            "readOnly": True,
+        }
+
+    def test_only_the_broker_container_sees_the_secrets(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        for name, container in rendered["production"].containers():
+            mounts = {m["name"] for m in container["volumeMounts"]}
+            assert ("secrets" in mounts) == (name == f"{RELEASE}/broker"), name
+
+    def test_ledger_key_is_mounted_read_only_from_its_secret(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        ledger = rendered["production"].get("StatefulSet")
+        volumes = {v["name"]: v for v in _pod(ledger)["volumes"]}
+        assert volumes["signing-key"]["secret"] == {
+            "secretName": "telerad-ledger-key",
+            "defaultMode": 0o440,
+            "items": [
+                {"key": "ledger-signing-key.pem", "path": "ledger-signing-key.pem"},
+                {"key": "ledger-signing-key.pub", "path": "ledger-signing-key.pub"},
+            ],
+        }
+        container = rendered["production"].container(ledger, "ledger")
+        assert {
+            "name": "signing-key",
+            "mountPath": "/var/run/secrets/telerad-ledger",
+            "readOnly": True,
+        } in container["volumeMounts"]
+        assert _env(container)["TELERAD_STREAMS__LEDGER_KEY_PATH"] == (
+            "/var/run/secrets/telerad-ledger/ledger-signing-key.pem"
+        )
+        assert "--create-key" not in container["args"]
+
+
+class TestNetworkPolicy:
+    def test_release_wide_deny_all_by_default(self, rendered: dict[str, Rendered]) -> None:
+        deny = rendered["minimal"].get("NetworkPolicy", f"{RELEASE}-default-deny")
+        assert deny["spec"] == {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "telerad-broker",
+                    "app.kubernetes.io/instance": RELEASE,
+                }
+            },
+            "policyTypes": ["Ingress", "Egress"],
+        }
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_workload_is_selected_by_both_directions(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        policies = rendered[scenario].all("NetworkPolicy")
+        for workload in rendered[scenario].workloads():
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            own = [
+                p
+                for p in policies
+                if p["metadata"]["name"] != f"{RELEASE}-default-deny"
+                and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+            ]
+            assert len(own) == 1, workload["metadata"]["name"]
+            assert own[0]["spec"]["policyTypes"] == ["Ingress", "Egress"]
+
+    def test_minimal_allows_only_dns_out_and_the_ingress_controller_in(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        broker = rendered["minimal"].get("NetworkPolicy", RELEASE)["spec"]
+        (dns,) = broker["egress"]
+        assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+        (ingress,) = broker["ingress"]
+        assert ingress["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+        ]
+        assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_no_rule_without_peers(self, rendered: dict[str, Rendered], scenario: str) -> None:
+        for policy in rendered[scenario].all("NetworkPolicy"):
+            for rule in policy["spec"].get("egress", []):
+                assert rule.get("to"), policy["metadata"]["name"]
+                for peer in rule["to"]:
+                    assert peer.get("ipBlock", {}).get("cidr") not in ("0.0.0.0/0", "::/0")
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("from"), policy["metadata"]["name"]
+
+    def test_production_egress_is_exactly_the_listed_peers(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        spec = rendered["production"].get("NetworkPolicy", RELEASE)["spec"]
+        ports = [[p["port"] for p in rule["ports"]] for rule in spec["egress"]]
+        assert ports == [[53, 53], [443], [9093], [443]]  # dns, idps, kafka, pacs
+
+    def test_consumers_reach_dns_and_kafka_only(self, rendered: dict[str, Rendered]) -> None:
+        for name in ("ledger", "alerts"):
+            spec = rendered["production"].get("NetworkPolicy", f"{RELEASE}-audit-{name}")["spec"]
+            assert spec["ingress"] == []
+            assert [[p["port"] for p in r["ports"]] for r in spec["egress"]] == [[53, 53], [9093]]
+        export = rendered["production"].get("NetworkPolicy", f"{RELEASE}-audit-export")["spec"]
+        assert [[p["port"] for p in r["ports"]] for r in export["egress"]] == [
+            [53, 53],
+            [9093],
+            [6514],
+        ]
+
+    def test_syslog_egress_only_when_exporting_to_syslog(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        export = rendered["minimal"].get("NetworkPolicy", f"{RELEASE}-audit-export")["spec"]
+        assert len(export["egress"]) == 1  # DNS; Kafka is not listed in minimal
+
+    def test_bundle_server_egress_only_in_bundle_mode(self, rendered: dict[str, Rendered]) -> None:
+        def cidrs(scenario: str) -> list[str]:
+            spec = rendered[scenario].get("NetworkPolicy", RELEASE)["spec"]
+            return [p["ipBlock"]["cidr"] for r in spec["egress"] for p in r["to"] if "ipBlock" in p]
+
+        assert "203.0.113.40/32" in cidrs("bundle")
+        assert "203.0.113.40/32" not in cidrs("minimal")
+
+    def test_bundle_peers_are_ignored_without_a_bundle(self, chart: Chart) -> None:
+        peers = {"to": [{"ipBlock": {"cidr": "203.0.113.40/32"}}], "ports": [{"port": 443}]}
+        rendered = chart.template("minimal", {"networkPolicy": {"egress": {"opaBundle": peers}}})
+        spec = rendered.get("NetworkPolicy", RELEASE)["spec"]
+        assert "203.0.113.40/32" not in json.dumps(spec)
+
+    def test_disabled(self, chart: Chart) -> None:
+        assert (
+            chart.template("minimal", {"networkPolicy": {"enabled": False}}).all("NetworkPolicy")
+            == []
+        )
+
+
+class TestPodDisruptionBudget:
+    @pytest.mark.parametrize(
+        ("overrides", "rendered_pdb"),
+        [
+            ({"broker": {"replicaCount": 1}}, False),
+            ({"broker": {"replicaCount": 2}}, True),
+            ({"broker": {"replicaCount": 1}, "pdb": {"enabled": False}}, False),
+            ({"broker": {"replicaCount": 3}, "pdb": {"enabled": False}}, False),
+            (
+                {"broker": {"replicaCount": 3}, "autoscaling": {"enabled": True, "minReplicas": 1}},
+                False,
+            ),
+            (
+                {"broker": {"replicaCount": 1}, "autoscaling": {"enabled": True, "minReplicas": 2}},
+                True,
+            ),
+        ],
+    )
+    def test_only_with_more_than_one_replica(
+        self, chart: Chart, overrides: dict[str, Any], rendered_pdb: bool
+    ) -> None:
+        assert bool(chart.template("minimal", overrides).all("PodDisruptionBudget")) is rendered_pdb
+
+    def test_selects_the_broker(self, rendered: dict[str, Rendered]) -> None:
+        pdb = rendered["production"].get("PodDisruptionBudget")
+        assert pdb["spec"]["minAvailable"] == 2
+        assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
+
+    def test_max_unavailable(self, chart: Chart) -> None:
+        rendered = chart.template("minimal", {"pdb": {"minAvailable": "", "maxUnavailable": 1}})
+        assert rendered.get("PodDisruptionBudget")["spec"] == {
+            "maxUnavailable": 1,
+            "selector": rendered.get("PodDisruptionBudget")["spec"]["selector"],
+        }
+
+
+class TestHorizontalPodAutoscaler:
+    def test_autoscaling_v2_on_cpu_and_memory(self, rendered: dict[str, Rendered]) -> None:
+        hpa = rendered["production"].get("HorizontalPodAutoscaler")
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": RELEASE,
+        }
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+        metrics = {m["resource"]["name"]: m["resource"]["target"] for m in hpa["spec"]["metrics"]}
+        assert metrics == {
+            "cpu": {"type": "Utilization", "averageUtilization": 70},
+            "memory": {"type": "Utilization", "averageUtilization": 80},
+        }
+
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        assert rendered["minimal"].all("HorizontalPodAutoscaler") == []
+        assert rendered["minimal"].broker()["spec"]["replicas"] == 2
+
+
+class TestIngressAndService:
+    def test_ingress_routes_to_the_service(self, rendered: dict[str, Rendered]) -> None:
+        ingress = rendered["production"].get("Ingress")["spec"]
+        assert ingress["ingressClassName"] == "nginx"
+        assert ingress["tls"] == [
+            {"secretName": "telerad-tls", "hosts": ["telerad.hospital.example"]}
+        ]
+        (rule,) = ingress["rules"]
+        (path,) = rule["http"]["paths"]
+        assert path["backend"] == {"service": {"name": RELEASE, "port": {"name": "http"}}}
+        assert rendered["minimal"].all("Ingress") == []
+
+    def test_service_targets_the_broker_port(self, rendered: dict[str, Rendered]) -> None:
+        service = rendered["minimal"].get("Service", RELEASE)["spec"]
+        assert service["type"] == "ClusterIP"
+        assert service["ports"] == [
+            {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+        ]
+        assert service["selector"]["app.kubernetes.io/component"] == "broker"
+
+
+class TestChecksums:
+    @pytest.mark.parametrize("scenario", SCENARIOS)
+    def test_every_pod_carries_its_checksums(
+        self, rendered: dict[str, Rendered], scenario: str
+    ) -> None:
+        for workload in rendered[scenario].workloads():
+            annotations = workload["spec"]["template"]["metadata"]["annotations"]
+            wanted = {"checksum/env"}
+            if workload["metadata"]["name"] == RELEASE:
+                wanted |= {"checksum/opa", "checksum/secret-refs"}
+            if workload["kind"] == "StatefulSet":
+                wanted |= {"checksum/secret-refs"}
+            assert wanted <= annotations.keys(), workload["metadata"]["name"]
+            for key in wanted:
+                assert len(annotations[key]) == 64, (key, annotations[key])
+
+    @pytest.mark.parametrize(
+        ("overrides", "changed"),
+        [
+            ({"config": {"logLevel": "DEBUG"}}, "checksum/env"),
+            ({"opa": {"decisionLogsConsole": False}}, "checksum/opa"),
+            (
+                {"secrets": {"linkKeys": {"existingSecret": "telerad-links-2025-07"}}},
+                "checksum/secret-refs",
+            ),
+        ],
+    )
+    def test_a_change_rolls_the_broker(
+        self, chart: Chart, rendered: dict[str, Rendered], overrides: dict[str, Any], changed: str
+    ) -> None:
+        def annotations(r: Rendered) -> dict[str, str]:
+            result: dict[str, str] = r.broker()["spec"]["template"]["metadata"]["annotations"]
+            return result
+
+        before = annotations(rendered["minimal"])
+        after = annotations(chart.template("minimal", overrides))
+        assert {k for k in before if before[k] != after[k]} == {changed}
+
+
+class TestBrokerDeployment:
+    def test_runs_telerad_serve_on_all_interfaces(self, rendered: dict[str, Rendered]) -> None:
+        broker = rendered["minimal"].container(rendered["minimal"].broker(), "broker")
+        assert "command" not in broker  # the image's ENTRYPOINT is `telerad`
+        # In a pod the broker listens on the pod IP; only the NetworkPolicy reaches it.
+        assert broker["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
+        assert broker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+
+    def test_probes(self, rendered: dict[str, Rendered]) -> None:
+        broker = rendered["minimal"].container(rendered["minimal"].broker(), "broker")
+        assert broker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert broker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert broker["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        # The broker's readiness gives each dependency 2 s, all at once.
+        assert broker["readinessProbe"]["timeoutSeconds"] > 2
+
+    def test_settings_come_from_the_env_configmap(self, rendered: dict[str, Rendered]) -> None:
+        for name, container in rendered["minimal"].containers():
+            if name.endswith("/opa"):
+                assert "envFrom" not in container
+                continue
+            assert container["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-env"}}], name
+
+    def test_facts_from_a_secret(self, rendered: dict[str, Rendered]) -> None:
+        broker = rendered["production"].broker()
+        container = rendered["production"].container(broker, "broker")
+        assert _env(container)["TELERAD_FACTS_FILE"] == "/etc/telerad/facts/facts.json"
+        volumes = {v["name"]: v for v in _pod(broker)["volumes"]}
+        assert volumes["facts"]["secret"]["secretName"] == "telerad-facts"
+
+    def test_topology_spread_gets_the_broker_selector(self, rendered: dict[str, Rendered]) -> None:
+        (constraint,) = _pod(rendered["production"].broker())["topologySpreadConstraints"]
+        assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "broker"
+
+    def test_images_are_pinned(self, rendered: dict[str, Rendered]) -> None:
+        images = {name: c["image"] for name, c in rendered["production"].containers()}
+        assert images[f"{RELEASE}/broker"] == ("ghcr.io/telerad/telerad-broker@sha256:" + "1" * 64)
+        assert images[f"{RELEASE}/opa"] == "openpolicyagent/opa@sha256:" + "2" * 64
+        minimal = {name: c["image"] for name, c in rendered["minimal"].containers()}
+        assert minimal[f"{RELEASE}/broker"] == "ghcr.io/telerad/telerad-broker:0.1.0"
+        assert minimal[f"{RELEASE}/opa"] == "openpolicyagent/opa:1.22.3-static"
+
+
+class TestOpaSidecar:
+    def _opa(self, rendered: Rendered) -> Doc:
+        return rendered.container(rendered.broker(), "opa")
+
+    def test_decision_api_on_loopback_only(self, rendered: dict[str, Rendered]) -> None:
+        for scenario in rendered.values():
+            opa = self._opa(scenario)
+            assert "--addr=127.0.0.1:8181" in opa["args"]
+            assert [p["containerPort"] for p in opa["ports"]] == [8282]  # diagnostic only
+            assert "--skip-version-check" in opa["args"]
+
+    def test_probes_use_the_diagnostic_port(self, rendered: dict[str, Rendered]) -> None:
+        minimal, bundle = self._opa(rendered["minimal"]), self._opa(rendered["bundle"])
+        assert minimal["livenessProbe"]["httpGet"] == {"path": "/health", "port": "opa-diag"}
+        assert minimal["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert bundle["readinessProbe"]["httpGet"]["path"] == "/health?bundles"
+
+    def test_policy_from_the_chart(self, rendered: dict[str, Rendered]) -> None:
+        opa = self._opa(rendered["minimal"])
+        assert opa["args"][-4:] == [
+            "--authorization=basic",
+            "--ignore=.*",
+            "/opa/policy",
+            "/opa/data",
+        ]
+        config = yaml.safe_load(
+            rendered["minimal"].get("ConfigMap", f"{RELEASE}-opa")["data"]["config.yaml"]
+        )
+        assert config == {"decision_logs": {"console": True}}
+
+    def test_no_policy_uses_http_send(self, rendered: dict[str, Rendered]) -> None:
+        data = rendered["minimal"].get("ConfigMap", f"{RELEASE}-opa")["data"]
+        rego = {k: v for k, v in data.items() if k.endswith(".rego")}
+        assert rego
+        for key, text in rego.items():
+            assert "http.send" not in text and "net.lookup_ip_addr" not in text, key
+
+    def test_bundle_mode(self, rendered: dict[str, Rendered]) -> None:
+        bundle = rendered["bundle"]
+        opa = self._opa(bundle)
+        assert not any(a.startswith("/opa/") for a in opa["args"])
+        # The bundle's roots own every path; its own system.authz, if any, applies.
+        assert "--authorization=basic" not in opa["args"]
+        data = bundle.get("ConfigMap", f"{RELEASE}-opa")["data"]
+        assert set(data) == {"config.yaml"}  # no Rego, no data from the chart
+        config = yaml.safe_load(data["config.yaml"])
+        assert config["services"] == {
+            "bundle": {
+                "url": "https://bundles.hospital.example",
+                "credentials": {"bearer": {"token_path": "/opa/bundle-token/token"}},
+            }
+        }
+        assert config["bundles"]["telerad"] == {
+            "service": "bundle",
+            "resource": "bundles/telerad.tar.gz",
+            "persist": False,
+            "polling": {"min_delay_seconds": 30, "max_delay_seconds": 90},
+            "signing": {"keyid": "telerad-bundle"},
+        }
+        assert config["keys"]["telerad-bundle"]["algorithm"] == "ES256"
+        assert config["keys"]["telerad-bundle"]["key"].startswith("-----BEGIN PUBLIC KEY-----\n")
+        volumes = {v["name"]: v for v in _pod(bundle.broker())["volumes"]}
+        assert volumes["opa-bundle-token"]["secret"]["secretName"] == "telerad-bundle-token"
+        assert "opa-policy" not in volumes
+
+    def test_own_policy_data(self, rendered: dict[str, Rendered]) -> None:
+        production = rendered["production"]
+        volumes = {v["name"]: v for v in _pod(production.broker())["volumes"]}
+        assert volumes["opa-data"]["configMap"] == {
+            "name": "telerad-policy-data",
+            "items": [{"key": "data.json", "path": "data.json"}],
+        }
+        assert "data.json" not in production.get("ConfigMap", f"{RELEASE}-opa")["data"]
+
+
+class TestAuditConsumers:
+    def test_commands(self, rendered: dict[str, Rendered]) -> None:
+        production = rendered["production"]
+        args = {
+            w["metadata"]["name"]: _pod(w)["containers"][0]["args"]
+            for w in production.workloads()
+            if w["metadata"]["name"] != RELEASE
+        }
+        assert args == {
+            f"{RELEASE}-audit-ledger": ["audit", "ledger", "--group", "telerad-ledger"],
+            f"{RELEASE}-audit-alerts": ["audit", "alerts", "--group", "telerad-alerts"],
+            f"{RELEASE}-audit-export": [
+                "audit",
+                "export",
+                "--group",
+                "telerad-export",
+                "--format",
+                "fhir",
+                "--syslog",
+                "siem.hospital.example:6514",
+                "--protocol",
+                "tcp",
+            ],
+        }
+
+    def test_each_runs_once(self, rendered: dict[str, Rendered]) -> None:
+        for workload in rendered["production"].workloads():
+            if workload["metadata"]["name"] != RELEASE:
+                assert workload["spec"]["replicas"] == 1
+
+    def test_ledger_keeps_its_database_on_its_volume(self, rendered: dict[str, Rendered]) -> None:
+        ledger = rendered["production"].get("StatefulSet")
+        (claim,) = ledger["spec"]["volumeClaimTemplates"]
+        assert claim["spec"]["storageClassName"] == "encrypted-ssd"
+        assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+        container = _pod(ledger)["containers"][0]
+        assert _env(container)["TELERAD_STREAMS__LEDGER_PATH"].startswith(
+            "/var/lib/telerad/ledger/"
+        )
+        assert {"name": "ledger", "mountPath": "/var/lib/telerad/ledger"} in container[
+            "volumeMounts"
+        ]
+
+    def test_each_can_be_disabled(self, rendered: dict[str, Rendered]) -> None:
+        names = {w["metadata"]["name"] for w in rendered["bundle"].workloads()}
+        assert names == {RELEASE, f"{RELEASE}-audit-ledger"}
+        policies = {p["metadata"]["name"] for p in rendered["bundle"].all("NetworkPolicy")}
+        assert f"{RELEASE}-audit-alerts" not in policies
+
+    def test_export_volume(self, chart: Chart, rendered: dict[str, Rendered]) -> None:
+        claim = rendered["minimal"].get("PersistentVolumeClaim")
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        off = chart.template("minimal", {"audit": {"export": {"persistence": {"enabled": False}}}})
+        assert off.all("PersistentVolumeClaim") == []
+        export = off.get("Deployment", f"{RELEASE}-audit-export")
+        assert {"name": "export", "emptyDir": {}} in _pod(export)["volumes"]
+
+
+class TestMetrics:
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        annotations = rendered["minimal"].broker()["spec"]["template"]["metadata"]["annotations"]
+        assert not any(k.startswith("prometheus.io/") for k in annotations)
+        assert "ServiceMonitor" not in rendered["production"].kinds()
+
+    def test_service_monitor_and_annotations_point_at_the_path(self, chart: Chart) -> None:
+        scraper = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]
+        rendered = chart.template(
+            "minimal",
+            {
+                "metrics": {
+                    "enabled": True,
+                    "path": "/internal/metrics",
+                    "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                },
+                "networkPolicy": {"ingress": {"metricsFrom": scraper}},
+            },
+        )
+        monitor = rendered.get("ServiceMonitor")
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "http", "path": "/internal/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        ]
+        annotations = rendered.broker()["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/path"] == "/internal/metrics"
+        ingress = rendered.get("NetworkPolicy", RELEASE)["spec"]["ingress"]
+        assert [r["from"] for r in ingress][1] == scraper

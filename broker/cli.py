@@ -24,9 +24,10 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from broker.app import create_app
-    from broker.config import Settings
+    from broker.config import Settings, check_environment
 
     try:
+        check_environment()
         settings = Settings()
         app = create_app(settings)
     except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError

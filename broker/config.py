@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,6 +27,7 @@ __all__ = [
     "PacsSettings",
     "Settings",
     "StreamSettings",
+    "check_environment",
     "get_settings",
 ]
 
@@ -177,6 +179,30 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()
     streams: StreamSettings = StreamSettings()
+
+
+# TELERAD_* variables that belong to the tooling, not to the broker's settings.
+_TOOLING = ("TELERAD_SECRETS_DIR", "TELERAD_CACHE", "TELERAD_M2_REPO", "TELERAD_STACK_")
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """TELERAD_* names that no setting reads (pydantic-settings would silently ignore them)."""
+    fields = {f"TELERAD_{name.upper()}" for name in Settings.model_fields}
+    unknown = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith("TELERAD_") or upper.startswith(_TOOLING):
+            continue
+        if upper not in fields and upper.split("__", 1)[0] not in fields:
+            unknown.append(name)
+    return sorted(unknown)
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a TELERAD_* variable no setting reads: a typo must not fall back to a default."""
+    unknown = _unknown_variables(os.environ if environ is None else environ)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
 
 
 @lru_cache(maxsize=1)

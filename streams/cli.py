@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.config import Settings
+from broker.config import Settings, check_environment
 
 __all__ = ["add_audit_commands"]
 
 
 def _settings() -> Settings:
+    check_environment()
     return Settings()
 
 

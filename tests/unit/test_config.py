@@ -38,3 +38,24 @@ class TestSettings:
         monkeypatch.setenv("TELERAD_OPA__TIMEOUT_SECONDS", "60")
         with pytest.raises(ValidationError, match="timeout_seconds"):
             Settings()
+
+
+class TestEnvironmentCheck:
+    def test_top_level_typo_is_refused(self) -> None:
+        from broker.config import check_environment
+
+        with pytest.raises(ValueError, match="TELERAD_PUBLIC_URLL"):
+            check_environment({"TELERAD_PUBLIC_URLL": "http://x", "TELERAD_PORT": "1"})
+
+    def test_known_nested_and_tooling_variables_pass(self) -> None:
+        from broker.config import check_environment
+
+        check_environment(
+            {
+                "TELERAD_PORT": "8000",
+                "TELERAD_OPA__URL": "http://127.0.0.1:8181",
+                "TELERAD_STACK_KAFKA_BOOTSTRAP": "x",
+                "TELERAD_CACHE": "/tmp/c",
+                "PATH": "/bin",
+            }
+        )

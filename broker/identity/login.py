@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from joserfc.jws import JWSRegistry
 
 from broker.audit import AuditEvent, EventKind, Outcome
 from broker.config import IssuerSettings
+from broker.crypto import b64u_decode
 from broker.errors import BadRequest
 from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, strict_json
@@ -200,8 +202,6 @@ async def callback(request: Request) -> Response:
 
 def _merge_id_token(principal: Principal, userinfo: dict[str, Any]) -> Principal:
     """Authentication facts the ID token is authoritative for (acr, amr, auth_time, sid)."""
-    from dataclasses import replace
-
     acr = userinfo.get("acr")
     auth_time = userinfo.get("auth_time")
     sid = userinfo.get("sid")
@@ -300,8 +300,6 @@ async def _verify_logout_token(state: AppState, token: str) -> dict[str, Any]:
     if len(parts) != 3 or len(token) > state.settings.identity.max_token_bytes:
         raise BadRequest("invalid logout_token")
     try:
-        from broker.crypto import b64u_decode
-
         header = strict_json(b64u_decode(parts[0]))
         claims = strict_json(b64u_decode(parts[1]))
     except (TokenRejected, ValueError) as exc:

@@ -12,7 +12,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from broker.stack.stack import Stack
-from tests.integration.conftest import Broker
+from tests.integration.conftest import Broker, LiveBroker
 from tests.integration.helpers import (
     EVE_TOTP_BASE32,
     browser_login,
@@ -362,3 +362,71 @@ class TestStepUp:
         assert (await broker.client.get(f"{broker.url}/api/me")).json()["acr"] == "2"
         granted = await broker.client.post(f"{broker.url}/api/links", json={"study_uid": vip})
         assert granted.status_code == 200, granted.text
+
+
+class TestBackChannelLogout:
+    async def test_idp_logout_kills_the_broker_session(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        import asyncio
+
+        base = stack.services["keycloak"].endpoints["url"]
+        auth = keycloak_admin(base)
+        (client,) = httpx.get(
+            f"{base}/admin/realms/hospital-a/clients",
+            params={"clientId": "telerad-broker"},
+            headers=auth,
+        ).json()
+        client["attributes"]["backchannel.logout.url"] = (
+            f"{live_broker.url}/auth/backchannel-logout"
+        )
+        client["attributes"]["backchannel.logout.session.required"] = "true"
+        updated = httpx.put(
+            f"{base}/admin/realms/hospital-a/clients/{client['id']}", json=client, headers=auth
+        )
+        assert updated.status_code == 204, updated.text
+        try:
+            async with httpx.AsyncClient(timeout=30) as browser:
+
+                async def plain_http_cookies(_: httpx.Response) -> None:
+                    for cookie in browser.cookies.jar:
+                        cookie.secure = False
+
+                browser.event_hooks["response"] = [plain_http_cookies]
+                landed = await browser_login(
+                    browser, live_broker.url, idp="hospital-a", username="ben"
+                )
+                assert landed.status_code == 303, landed.text
+                assert (await browser.get(f"{live_broker.url}/api/me")).status_code == 200
+                (user,) = httpx.get(
+                    f"{base}/admin/realms/hospital-a/users",
+                    params={"username": "ben", "exact": "true"},
+                    headers=auth,
+                ).json()
+                out = httpx.post(
+                    f"{base}/admin/realms/hospital-a/users/{user['id']}/logout", headers=auth
+                )
+                assert out.status_code == 204, out.text
+                for _ in range(50):
+                    if (await browser.get(f"{live_broker.url}/api/me")).status_code == 401:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(
+                        "the broker session survived the IdP's back-channel logout"
+                    )
+            revoked = [e for e in live_broker.audit.events if e.kind.value == "revoked"]
+            assert revoked and revoked[-1].detail["by"] == "backchannel_logout"
+        finally:
+            client["attributes"]["backchannel.logout.url"] = ""
+            httpx.put(
+                f"{base}/admin/realms/hospital-a/clients/{client['id']}", json=client, headers=auth
+            )
+
+    @pytest.mark.parametrize(
+        "body",
+        [{}, {"logout_token": ""}, {"logout_token": "garbage"}, {"logout_token": "a.b.c"}],
+    )
+    async def test_bad_logout_tokens_are_400(self, broker: Broker, body: dict[str, str]) -> None:
+        response = await broker.client.post(f"{broker.url}/auth/backchannel-logout", data=body)
+        assert response.status_code == 400, response.text

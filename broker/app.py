@@ -25,6 +25,7 @@ from broker.dicomweb.proxy import DicomwebProxy
 from broker.errors import install_error_handlers
 from broker.health import ReadinessChecker
 from broker.identity.bearer import BearerValidator
+from broker.identity.dpop import DpopVerifier
 from broker.identity.login import build_oauth
 from broker.identity.login import router as auth_router
 from broker.identity.sessions import EncryptedSessionMiddleware
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     links=links,
                     proxy=DicomwebProxy(settings.pacs, http),
                     metrics=metrics,
+                    dpop=DpopVerifier(),
                 )
                 yield
             finally:

@@ -14,6 +14,7 @@ from broker.dicomweb.proxy import DicomwebProxy
 from broker.health import ReadinessChecker
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
+from broker.identity.dpop import DpopVerifier
 from broker.links.token import LinkCodec
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
@@ -40,6 +41,7 @@ class AppState:
     links: LinkCodec
     proxy: DicomwebProxy
     metrics: Metrics
+    dpop: DpopVerifier
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -31,7 +31,9 @@ from broker.errors import (
     NotFound,
     StepUpRequired,
     TeleradError,
+    Unauthenticated,
 )
+from broker.identity.bearer import TokenRejected
 from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
@@ -65,18 +67,37 @@ def subject_binding(principal: Principal) -> str:
     return b64u_encode(digest[:16])
 
 
-def _binding(principal: Principal) -> dict[str, str]:
+def _dpop_thumbprint(request: Request) -> str | None:
+    """The key thumbprint of a valid DPoP proof on this request; None when none is sent."""
+    proof = request.headers.get("dpop")
+    if proof is None:
+        return None
+    state = state_of(request)
+    url = f"{str(state.settings.public_url).rstrip('/')}{request.url.path}"
+    try:
+        return state.dpop.verify(proof, method=request.method, url=url)
+    except TokenRejected as exc:
+        raise Unauthenticated("The DPoP proof is not valid.", error="invalid_dpop_proof") from exc
+
+
+def _binding(principal: Principal, request: Request) -> dict[str, str]:
     if principal.via == "session" and principal.session_id:
         return {"sid": principal.session_id}
+    thumbprint = _dpop_thumbprint(request)
+    if thumbprint is not None:
+        return {"jkt": thumbprint}  # RFC 9449: only the holder of this key can redeem
     return {"sub": subject_binding(principal)}
 
 
-def _bound_to(claims: LinkClaims, principal: Principal) -> bool:
+def _bound_to(claims: LinkClaims, principal: Principal, request: Request) -> bool:
     ((kind, value),) = claims.binding.items()
     if kind == "sid":
         return principal.via == "session" and principal.session_id == value
     if kind == "sub":
         return hmac.compare_digest(subject_binding(principal), value)
+    if kind == "jkt":
+        thumbprint = _dpop_thumbprint(request)
+        return thumbprint is not None and hmac.compare_digest(thumbprint, value)
     return False
 
 
@@ -129,7 +150,7 @@ async def issue_link(
         expires_at=now + ttl,
         issued_at=now,
         decision_id=decision.decision_id,
-        binding=_binding(principal),
+        binding=_binding(principal, request),
         bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
     )
     token = state.links.seal(claims)
@@ -216,7 +237,7 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         reason = "unauthenticated"
         principal = await current_principal(request)
         reason = "not_link_holder"
-        if not _bound_to(claims, principal) or principal.id != claims.subject:
+        if not _bound_to(claims, principal, request) or principal.id != claims.subject:
             raise Forbidden("This link was issued to someone else.")
         reason = "operation_not_in_link"
         if parsed.operation not in claims.operations:

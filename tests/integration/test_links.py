@@ -276,6 +276,40 @@ class TestRedeem:
         assert decisions[-2].kind.value == "decision" and decisions[-2].outcome.value == "allow"
 
 
+class TestDpopBinding:
+    def test_link_bound_to_the_clients_key(self, live_broker: LiveBroker, stack: Stack) -> None:
+        from tests.dpop_client import DpopClient
+
+        ada = token(stack, "ada")
+        client = DpopClient()
+        issue_url = f"{live_broker.url}/api/links"
+        issued = httpx.post(
+            issue_url,
+            json={"study_uid": STUDY["stolaf-ct-chest"].study_uid},
+            headers={"Authorization": f"Bearer {ada}", "DPoP": client.proof("POST", issue_url)},
+        )
+        assert issued.status_code == 200, issued.text
+        target = issued.json()["url"] + "/metadata"
+
+        def get(proof: str | None) -> int:
+            headers = {"Authorization": f"Bearer {ada}"} | ({"DPoP": proof} if proof else {})
+            return httpx.get(target, headers=headers, timeout=30).status_code
+
+        assert get(client.proof("GET", target)) == 200
+        assert get(None) == 403  # the token alone is not enough: the key is
+        assert get(DpopClient().proof("GET", target)) == 403  # someone else's key
+        assert get(client.proof("GET", target + "x")) == 401  # a proof for another URL
+
+    def test_bad_proof_on_issue_is_401(self, live_broker: LiveBroker, stack: Stack) -> None:
+        response = httpx.post(
+            f"{live_broker.url}/api/links",
+            json={"study_uid": STUDY["stolaf-ct-chest"].study_uid},
+            headers={"Authorization": f"Bearer {token(stack, 'ada')}", "DPoP": "not.a.proof"},
+        )
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == 'Bearer error="invalid_dpop_proof"'
+
+
 class TestPacsDown:
     @pytest.fixture
     def broker_env(self, broker_env: dict[str, str]) -> dict[str, str]:

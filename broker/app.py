@@ -73,6 +73,10 @@ def link_keyring(settings: Settings) -> KeyRing:
     return _keyring(settings, settings.links.keys, settings.links.active_key, "TELERAD_LINKS__KEYS")
 
 
+# Events every replica must apply (they also go to the control topic).
+_CONTROL = frozenset({EventKind.REVOKED, EventKind.CONSENT_CHANGED})
+
+
 def _audit_sink(settings: Settings) -> AuditSink:
     if settings.audit_sink == "kafka":
         kafka = settings.kafka
@@ -81,12 +85,17 @@ def _audit_sink(settings: Settings) -> AuditSink:
             kafka.audit_topic,
             source=f"/telerad-broker/{settings.instance_id}",
             ack_timeout_seconds=kafka.ack_timeout_seconds,
-            extra_topics=lambda e: [kafka.revocation_topic] if e.kind is EventKind.REVOKED else [],
+            extra_topics=lambda e: [kafka.revocation_topic] if e.kind in _CONTROL else [],
         )
     if settings.environment == "production":
         raise ValueError("TELERAD_AUDIT_SINK=log is not durable and not allowed in production")
     log.warning("audit events go to the log only (TELERAD_AUDIT_SINK=log): nothing is durable")
     return LogSink()
+
+
+def _state(app: FastAPI) -> AppState:
+    state: AppState = app.state.telerad
+    return state
 
 
 def _pseudonym_key(settings: Settings) -> bytes:
@@ -110,7 +119,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         RevocationListener(
             settings.kafka.bootstrap_servers,
             settings.kafka.revocation_topic,
-            lambda event: apply_event(revocations, event),
+            lambda event: apply_event(revocations, event) or _state(app).facts.apply_event(event),
             instance=settings.instance_id,
         )
         if isinstance(audit_sink, KafkaAuditSink)

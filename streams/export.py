@@ -45,15 +45,21 @@ class Exporter:
         self._host = socket.gethostname()
         self.written = 0
 
-    def handle(self, events: list[AuditEvent]) -> None:
+    def handle(self, events: list[AuditEvent]) -> dict[str, str]:
+        """Export the events not yet exported; name those no format can express."""
         fresh = [e for e in events if not self._exported(e.id)]
+        rejected: dict[str, str] = {}
         for event in fresh:
             data = event.model_dump(mode="json")
-            if self.format == "fhir":
-                record: Any = to_fhir_audit_event(data, ce_type=event.type)
-                text = json.dumps(record, separators=(",", ":"), sort_keys=True)
-            else:
-                text = to_dicom_audit_message(data, ce_type=event.type)
+            try:
+                if self.format == "fhir":
+                    record: Any = to_fhir_audit_event(data, ce_type=event.type)
+                    text = json.dumps(record, separators=(",", ":"), sort_keys=True)
+                else:
+                    text = to_dicom_audit_message(data, ce_type=event.type)
+            except ValueError as exc:
+                rejected[event.id] = str(exc)[:200]
+                continue
             if self._sender is not None:
                 line = to_syslog(
                     text,
@@ -70,7 +76,8 @@ class Exporter:
             self._seen.executemany(
                 "INSERT OR IGNORE INTO exported (event_id) VALUES (?)", [(e.id,) for e in fresh]
             )
-        self.written += len(fresh)
+        self.written += len(fresh) - len(rejected)
+        return rejected
 
     def _exported(self, event_id: str) -> bool:
         row = self._seen.execute(

@@ -217,7 +217,7 @@ _USER_AUTH_KINDS: Final = frozenset({"login", "login.failed", "step_up", "logout
 _AUTH_KINDS: Final = _USER_AUTH_KINDS | {"token.rejected"}
 _ACCESS_KINDS: Final = frozenset({"decision", "link.issued", "link.redeemed"})
 _SECURITY_ALERT_KINDS: Final = frozenset(
-    {"token.rejected", "decision", "break_glass", "link.issued", "revoked"}
+    {"token.rejected", "decision", "break_glass", "link.issued", "revoked", "consent.changed"}
 )
 KINDS: Final = _USER_AUTH_KINDS | _SECURITY_ALERT_KINDS | {"link.redeemed"}
 _WARNING_KINDS: Final = frozenset({"login.failed", "token.rejected", "break_glass"})
@@ -228,6 +228,7 @@ _ALERT_DESCRIPTIONS: Final = {
     "break_glass": "Emergency access (break-glass) override",
     "link.issued": "Study access link issued",
     "revoked": "Access revoked",
+    "consent.changed": "Patient consent to external reading changed",
 }
 
 _CE_TYPE = re.compile(r"org\.telerad\.(?P<kind>[a-z_.]+)\.v[0-9]+")
@@ -399,6 +400,7 @@ def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
         "decision": _AUTHZ_ROLE,
         "break_glass": _EMERGENCY_OVERRIDE,
         "link.issued": _OBJECT_SECURITY_CHANGED,
+        "consent.changed": _OBJECT_SECURITY_CHANGED,  # the study's access attributes changed
     }
     subtype = subtypes.get(kind) or (
         _OBJECT_SECURITY_CHANGED if event.link_id else _USER_SECURITY_CHANGED

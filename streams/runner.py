@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,9 @@ __all__ = ["ConsumerRunner", "RunStats"]
 
 log = logging.getLogger("telerad.streams")
 
-Handler = Callable[[list[AuditEvent]], None]
+# A handler processes a batch; it may name events it can never process ({event id: reason}),
+# which go to the dead letters instead of being retried for ever.
+Handler = Callable[[list[AuditEvent]], Mapping[str, str] | None]
 
 
 @dataclass
@@ -111,15 +113,20 @@ class ConsumerRunner:
         from kafka.structs import OffsetAndMetadata
 
         events: list[AuditEvent] = []
+        records_by_id: dict[str, Any] = {}
         try:
             for record in records:
                 self.stats.records += 1
                 try:
-                    events.append(from_record(record.value, record.headers))
+                    event = from_record(record.value, record.headers)
                 except PoisonRecord as exc:
                     self._dead_letter(record, str(exc))
-            if events:
-                self._handler(events)
+                    continue
+                events.append(event)
+                records_by_id[event.id] = record
+            rejected = self._handler(events) if events else None
+            for event_id, reason in (rejected or {}).items():
+                self._dead_letter(records_by_id[event_id], f"handler: {reason}")
         except Exception as exc:  # noqa: BLE001 - never commit on failure; retry the partition
             self.stats.retries += 1
             log.warning(

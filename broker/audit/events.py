@@ -25,6 +25,7 @@ class EventKind(StrEnum):
     LINK_REDEEMED = "link.redeemed"
     REVOKED = "revoked"
     BREAK_GLASS = "break_glass"
+    CONSENT_CHANGED = "consent.changed"  # from the hospital's systems: detail.consent permit|deny
 
 
 class Outcome(StrEnum):

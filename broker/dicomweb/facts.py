@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from broker.audit.events import AuditEvent, EventKind
 from broker.config import PacsSettings
 from broker.errors import NotFound, UpstreamError
 
@@ -91,6 +92,18 @@ class StudyFactsSource:
         self._key = pseudonym_key
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, StudyFacts]] = {}
+        self._consent: dict[str, str] = {}  # changes announced on the stream, newest wins
+
+    def apply_event(self, event: AuditEvent) -> bool:
+        """Apply a ``consent.changed`` event (from any replica or the hospital's systems)."""
+        consent = event.detail.get("consent")
+        if event.kind is not EventKind.CONSENT_CHANGED or consent not in ("permit", "deny"):
+            return False
+        if event.study_uid is None or not valid_uid(event.study_uid):
+            return False
+        self._consent[event.study_uid] = str(consent)
+        self._cache.pop(event.study_uid, None)
+        return True
 
     def pseudonym(self, patient_id: str) -> str:
         """A keyed pseudonym of a patient identifier (HMAC-SHA-256, truncated)."""
@@ -155,7 +168,7 @@ class StudyFactsSource:
             modalities=modalities,
             referring_physician=extra.get("referring_physician"),
             patient_ref=self.pseudonym(patient_id) if patient_id else None,
-            consent=extra.get("consent"),
+            consent=self._consent.get(study_uid, extra.get("consent")),
         )
 
 

@@ -462,3 +462,35 @@ def test_kill_9_loses_nothing_acknowledged(
         consumer.close()
     missing = [d for d in granted if d not in recorded]
     assert missing == [], f"{len(missing)} acknowledged grants have no audit record"
+
+
+def test_consent_change_on_the_stream_is_enforced(stack: Stack, topics: dict[str, str]) -> None:
+    import asyncio
+
+    ada = token(stack, "ada")
+    study = STUDY["stolaf-ct-chest"]
+    with serve(Settings()) as live:
+        assert decide(live, ada).json()["allow"] is True
+        change = AuditEvent(
+            kind=EventKind.CONSENT_CHANGED,
+            outcome=Outcome.SUCCESS,
+            study_uid=study,
+            detail={"consent": "deny", "by": "hospital consent registry"},
+        )
+        sink = KafkaAuditSink(
+            stack.services["kafka"].endpoints["bootstrap"],
+            topics["TELERAD_KAFKA__REVOCATION_TOPIC"],
+            source="/hospital/consent-registry",
+        )
+
+        async def publish() -> None:
+            await sink.start()
+            await sink.emit(change)
+            await sink.close()
+
+        asyncio.run(publish())
+        deadline = time.monotonic() + 15
+        while (result := decide(live, ada).json())["allow"]:
+            assert time.monotonic() < deadline, "the consent change never reached the broker"
+            time.sleep(0.2)
+        assert [r["code"] for r in result["reasons"]] == ["consent_denied"]

@@ -1,0 +1,52 @@
+"""The audit event schema and its CloudEvents binding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker.audit.cloudevents import (
+    SCHEMA_PATH,
+    PoisonRecord,
+    export_schema,
+    from_record,
+    to_record,
+)
+from broker.audit.events import AuditEvent, EventKind, Outcome
+
+
+def test_committed_schema_is_the_exported_one() -> None:
+    assert json.loads(SCHEMA_PATH.read_text()) == export_schema(), (
+        "regenerate broker/audit/schema/audit-event.v1.schema.json from the model"
+    )
+
+
+def test_round_trip_with_ce_headers() -> None:
+    event = AuditEvent(
+        kind=EventKind.DECISION, outcome=Outcome.ALLOW, study_uid="1.2.3", subject="npi:1"
+    )
+    key, value, headers = to_record(event, source="/test")
+    attrs = dict(headers)
+    assert key == b"1.2.3"
+    assert attrs["ce_type"] == b"org.telerad.decision.v1" and attrs["ce_specversion"] == b"1.0"
+    assert from_record(value, headers) == event
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda v, h: (v, [x for x in h if x[0] != "ce_specversion"]),
+        lambda v, h: (v, [(k, b"org.other.v1" if k == "ce_type" else x) for k, x in h]),
+        lambda v, h: (b"{", h),
+        lambda v, h: (None, h),
+        lambda v, h: (v.replace(b'"decision"', b'"logout"'), h),
+        lambda v, h: (v[:-1] + b',"extra":1}', h),
+    ],
+)
+def test_malformed_records_are_poison(mutate: object) -> None:
+    event = AuditEvent(kind=EventKind.DECISION, outcome=Outcome.DENY)
+    _, value, headers = to_record(event, source="/test")
+    bad_value, bad_headers = mutate(value, headers)  # type: ignore[operator]
+    with pytest.raises(PoisonRecord):
+        from_record(bad_value, bad_headers)

@@ -176,6 +176,32 @@ def _kafka_ready(bootstrap: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- OPA
+def _bundle_source(target: Path, policy_paths: list[Path], revision: str) -> Path:
+    """A bundle directory: the policies (no tests), their data, and a manifest that claims only
+    the ``telerad`` root, so the rest of OPA's namespace stays writable (the smoke tests use it).
+    """
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for path in policy_paths:
+        if path.is_file():
+            shutil.copy(path, target / path.name)
+            continue
+        for item in path.rglob("*"):
+            if (
+                item.is_file()
+                and not item.name.endswith("_test.rego")
+                and not item.name.startswith(".")
+            ):
+                destination = target / item.relative_to(path.parent)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(item, destination)
+    # data files keep their place: policies/data/data.json holds {"telerad": {...}} at the root
+    for data in target.glob("data/*.json"):
+        data.rename(target / data.name)
+    (target / ".manifest").write_text(json.dumps({"revision": revision, "roots": ["telerad"]}))
+    return target
+
+
 def start_opa(
     run_dir: Path,
     *,
@@ -195,18 +221,9 @@ def start_opa(
     sources = [str(p) for p in policy_paths]
     if revision is not None:
         bundle = run_dir / "opa" / "policy-bundle.tar.gz"
-        bundle.parent.mkdir(parents=True, exist_ok=True)
+        source = _bundle_source(run_dir / "opa" / "bundle-src", policy_paths, revision)
         build = subprocess.run(
-            [
-                str(opa),
-                "build",
-                "--ignore=*_test.rego",
-                "--ignore=.*",
-                f"--revision={revision}",
-                "-o",
-                str(bundle),
-                *sources,
-            ],
+            [str(opa), "build", "--bundle", str(source), "-o", str(bundle)],
             capture_output=True,
             text=True,
             check=False,
@@ -223,8 +240,9 @@ def start_opa(
         f"--addr=127.0.0.1:{port}",
         "--log-format=json",
         "--log-level=info",
-        "--ignore=*_test.rego",
-        "--ignore=.*",
+        # plain files: skip tests and dotfiles (a bundle is already clean, and its .manifest,
+        # which names the roots it owns, must not be skipped)
+        *(["--ignore=*_test.rego", "--ignore=.*"] if revision is None else []),
         "--set=decision_logs.console=true",  # decision ids in answers, decisions in the log
         *sources,
     ]

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import socket
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from broker.audit.cloudevents import to_record
@@ -43,6 +45,7 @@ def make_producer(bootstrap: str, **overrides: Any) -> Any:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 2,  # batch concurrent requests; one ack round trip per batch
+        "batch_size": 262144,
         "max_block_ms": 2000,  # send() never hangs a request when Kafka is unreachable
         "request_timeout_ms": 5000,
         "retries": 5,
@@ -65,19 +68,6 @@ def make_consumer(bootstrap: str, *topics: str, **overrides: Any) -> Any:
     return KafkaConsumer(*topics, **(config | overrides))
 
 
-def _bridge(loop: asyncio.AbstractEventLoop, kafka_future: Any) -> asyncio.Future[None]:
-    """An asyncio future resolved from kafka-python's sender thread."""
-    future: asyncio.Future[None] = loop.create_future()
-
-    def settle(exc: BaseException | None) -> None:
-        if not future.done():
-            future.set_result(None) if exc is None else future.set_exception(exc)
-
-    kafka_future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
-    kafka_future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
-    return future
-
-
 def cluster_brokers(bootstrap: str, timeout_ms: int) -> int:
     """How many brokers the cluster reports (a readiness probe)."""
     from kafka import KafkaAdminClient
@@ -95,7 +85,12 @@ def cluster_brokers(bootstrap: str, timeout_ms: int) -> int:
 
 
 class KafkaAuditSink:
-    """Writes audit events to Kafka and waits for the acknowledgement."""
+    """Writes audit events to Kafka and waits for the acknowledgement.
+
+    Records go through one sender thread (kafka-python's ``send`` may block while it fetches
+    metadata, which must never stall the event loop); acknowledgements come back from the
+    producer's I/O thread as asyncio futures. Concurrent requests therefore share batches.
+    """
 
     def __init__(
         self,
@@ -106,6 +101,7 @@ class KafkaAuditSink:
         ack_timeout_seconds: float = 2.0,
         extra_topics: Callable[[AuditEvent], list[str]] | None = None,
         producer: Any = None,
+        max_pending: int = 10_000,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
@@ -113,6 +109,8 @@ class KafkaAuditSink:
         self._timeout = ack_timeout_seconds
         self._extra_topics = extra_topics or (lambda _: [])
         self._producer = producer
+        self._queue: queue.Queue[_Outgoing | None] = queue.Queue(maxsize=max_pending)
+        self._sender: threading.Thread | None = None
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
@@ -123,12 +121,11 @@ class KafkaAuditSink:
         """Return once Kafka acknowledged ``event``; raise :class:`AuditUnavailable` otherwise."""
         key, value, headers = to_record(event, source=self._source)
         loop = asyncio.get_running_loop()
+        acks = [loop.create_future() for _ in range(1 + len(self._extra_topics(event)))]
         topics = [self._topic, *self._extra_topics(event)]
         try:
-            sent = await asyncio.wait_for(
-                loop.run_in_executor(None, self._send, topics, key, value, headers), self._timeout
-            )
-            acks = [_bridge(loop, kafka_future) for kafka_future in sent]
+            self._start_sender()
+            self._queue.put_nowait(_Outgoing(loop, topics, key, value, headers, acks))
             await asyncio.wait_for(asyncio.gather(*acks), self._timeout)
         except Exception as exc:  # whatever failed, the event is not durable: fail closed
             log.error(
@@ -137,23 +134,65 @@ class KafkaAuditSink:
             )
             raise AuditUnavailable("Kafka did not acknowledge the audit event") from exc
 
-    def _send(
-        self, topics: list[str], key: bytes, value: bytes, headers: list[tuple[str, bytes]]
-    ) -> list[Any]:
-        producer = self._ensure_producer()
-        return [producer.send(t, key=key, value=value, headers=headers) for t in topics]
+    def _start_sender(self) -> None:
+        if self._sender is None or not self._sender.is_alive():
+            self._sender = threading.Thread(
+                target=self._send_loop, name="audit-sender", daemon=True
+            )
+            self._sender.start()
+
+    def _send_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                producer = self._ensure_producer()
+                for topic, future in zip(item.topics, item.acks, strict=True):
+                    sent = producer.send(
+                        topic, key=item.key, value=item.value, headers=item.headers
+                    )
+                    _settle_on_ack(item.loop, sent, future)
+            except Exception as exc:  # noqa: BLE001 - reported to the waiting request, not lost
+                for future in item.acks:
+                    item.loop.call_soon_threadsafe(_settle, future, exc)
 
     async def start(self) -> None:
         """Connect early (a failure here only logs: emit() fails closed, readiness reports it)."""
+        self._start_sender()
         try:
             await asyncio.wait_for(asyncio.to_thread(self._ensure_producer), self._timeout * 3)
         except Exception as exc:  # noqa: BLE001 - Kafka may be down at start; emit() fails closed
             log.warning("Kafka producer not connected at start: %s", type(exc).__name__)
 
     async def close(self) -> None:
+        if self._sender is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._sender.join, 10)
+            self._sender = None
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await asyncio.to_thread(producer.close, 5)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    loop: asyncio.AbstractEventLoop
+    topics: list[str]
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    acks: list[asyncio.Future[None]]
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(None) if exc is None else future.set_exception(exc)
+
+
+def _settle_on_ack(
+    loop: asyncio.AbstractEventLoop, sent: Any, future: asyncio.Future[None]
+) -> None:
+    """Resolve ``future`` in its loop when kafka-python's future completes."""
+    sent.add_callback(lambda _: loop.call_soon_threadsafe(_settle, future, None))
+    sent.add_errback(lambda exc: loop.call_soon_threadsafe(_settle, future, exc))
 
 
 class RevocationListener:

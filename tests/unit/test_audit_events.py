@@ -22,6 +22,26 @@ def test_committed_schema_is_the_exported_one() -> None:
     )
 
 
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_serialized_records_validate_against_the_committed_schema(kind: EventKind) -> None:
+    from broker.audit.cloudevents import check_against_schema
+
+    event = AuditEvent(
+        kind=kind,
+        outcome=Outcome.SUCCESS,
+        subject="npi:1",
+        roles=["radiologist"],
+        study_uid="1.2.3",
+        operations=["view"],
+        reasons=["x"],
+        detail={"k": [1, "v"]},
+    )
+    _, value, _ = to_record(event, source="/test")
+    check_against_schema(json.loads(value))
+    with pytest.raises(ValueError, match="schema"):
+        check_against_schema(json.loads(value) | {"unexpected": True})
+
+
 def test_round_trip_with_ce_headers() -> None:
     event = AuditEvent(
         kind=EventKind.DECISION, outcome=Outcome.ALLOW, study_uid="1.2.3", subject="npi:1"

@@ -44,6 +44,10 @@ policy-check: provision ## opa fmt, opa check --strict, opa test with coverage, 
 helm-check: provision ## the Helm chart: lint, template per scenario, values table, chart tests
 	bash scripts/helm-check.sh
 
+.PHONY: bench
+bench: provision ## benchmarks against the real stack (BENCH_ARGS=--quick for a smoke run)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 .PHONY: pytest
 pytest: provision ## the pytest suite (unit + integration against the real stack)
 	$(BIN)/pytest

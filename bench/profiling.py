@@ -127,6 +127,9 @@ class Profiler:
         return self.out if self.out.exists() else None
 
 
+_REPO = str(Path(__file__).resolve().parents[1])  # the checkout, wherever it is
+
+
 def _frames(stack: str) -> list[str]:
     # a collapsed line is "frame;frame;...;frame count"; frames are "func (file:line)"
     frames = []
@@ -134,7 +137,7 @@ def _frames(stack: str) -> list[str]:
         name, _, where = frame.partition(" (")
         where = where.rstrip(")")
         file = where.rsplit(":", 1)[0]
-        for marker in ("site-packages/", "/lib/python3", "/work/main/"):
+        for marker in ("site-packages/", "/lib/python3", f"{_REPO}/"):
             if marker in file:
                 file = file.split(marker, 1)[1]
         frames.append(f"{name} ({file})")

@@ -136,12 +136,13 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             if listener is not None:
                 listener.start()
             try:
+                bearer = BearerValidator(settings.identity, settings.issuers, http)
                 app.state.telerad = AppState(
                     settings=settings,
                     http=http,
                     opa=opa,
-                    readiness=ReadinessChecker(settings, http, opa),
-                    bearer=BearerValidator(settings.identity, settings.issuers, http),
+                    readiness=ReadinessChecker(settings, http, opa, bearer),
+                    bearer=bearer,
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
                     audit=audit_sink,
                     revocations=revocations,

@@ -11,6 +11,7 @@ import httpx
 
 from broker.audit.kafka import cluster_brokers
 from broker.config import Settings
+from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
 
 __all__ = ["CheckResult", "ReadinessChecker"]
@@ -29,18 +30,21 @@ class CheckResult:
 class ReadinessChecker:
     """Checks OPA, Kafka, each trusted IdP and the PACS; any failure makes the broker unready."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient, opa: OpaGateway) -> None:
+    def __init__(
+        self, settings: Settings, http: httpx.AsyncClient, opa: OpaGateway, bearer: BearerValidator
+    ) -> None:
         self._settings = settings
         self._http = http
         self._opa = opa
+        self._bearer = bearer
         self._checks: dict[str, Callable[[], Awaitable[str]]] = {
             "opa": self._check_opa,
             "kafka": self._check_kafka,
             "pacs": self._check_pacs,
         }
-        for index, issuer in enumerate(settings.issuers):
+        for issuer in settings.issuers:
             url = str(issuer.issuer).rstrip("/")
-            self._checks[f"idp:{url}"] = self._issuer_check(url, index)
+            self._checks[f"idp:{url}"] = self._issuer_check(url)
 
     async def run(self) -> list[CheckResult]:
         """All checks at once; a check that overruns its deadline counts as failed."""
@@ -81,12 +85,9 @@ class ReadinessChecker:
         response.raise_for_status()
         return f"QIDO-RS answered {response.status_code}"
 
-    def _issuer_check(self, issuer: str, _: int) -> Callable[[], Awaitable[str]]:
+    def _issuer_check(self, issuer: str) -> Callable[[], Awaitable[str]]:
         async def check() -> str:
-            response = await self._http.get(f"{issuer}/.well-known/openid-configuration")
-            response.raise_for_status()
-            if response.json().get("issuer") != issuer:
-                raise ValueError("discovery document names another issuer")
+            await self._bearer.keys(issuer).discovery()  # also refreshes the cached metadata
             return "discovery document served"
 
         return check

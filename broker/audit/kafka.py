@@ -121,8 +121,8 @@ class KafkaAuditSink:
         """Return once Kafka acknowledged ``event``; raise :class:`AuditUnavailable` otherwise."""
         key, value, headers = to_record(event, source=self._source)
         loop = asyncio.get_running_loop()
-        acks = [loop.create_future() for _ in range(1 + len(self._extra_topics(event)))]
         topics = [self._topic, *self._extra_topics(event)]
+        acks: list[asyncio.Future[None]] = [loop.create_future() for _ in topics]
         try:
             self._start_sender()
             self._queue.put_nowait(_Outgoing(loop, topics, key, value, headers, acks))
@@ -132,7 +132,7 @@ class KafkaAuditSink:
                 "audit event not acknowledged by Kafka",
                 extra={"event_id": event.id, "error": type(exc).__name__},
             )
-            raise AuditUnavailable("Kafka did not acknowledge the audit event") from exc
+            raise AuditUnavailable() from exc  # its own message: nothing of Kafka reaches clients
 
     def _start_sender(self) -> None:
         if self._sender is None or not self._sender.is_alive():

@@ -34,11 +34,11 @@ from broker.crypto import SealError, b64u_decode
 from broker.identity.jwks import IssuerKeys
 from broker.identity.principal import Principal
 
-__all__ = ["BearerValidator", "TokenRejected", "claims_to_principal", "strict_json"]
+__all__ = ["BearerValidator", "TokenRejected", "claims_to_principal", "strict_json", "string_list"]
 
 log = logging.getLogger("telerad.identity")
 
-_ACCEPTED_TYP = {"jwt", "at+jwt", "application/at+jwt"}
+_ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 
 
 class TokenRejected(ValueError):
@@ -79,7 +79,7 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _strings(value: Any) -> tuple[str, ...]:
+def string_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list):
@@ -110,12 +110,12 @@ def claims_to_principal(
         id=subject_id,
         issuer=str(issuer.issuer).rstrip("/"),
         subject=subject,
-        roles=_strings(_claim(claims, mapping.roles)),
-        licenses=_strings(_claim(claims, mapping.licenses)),
-        privileges=_strings(_claim(claims, mapping.privileges)),
+        roles=string_list(_claim(claims, mapping.roles)),
+        licenses=string_list(_claim(claims, mapping.licenses)),
+        privileges=string_list(_claim(claims, mapping.privileges)),
         group=group if isinstance(group, str) else None,
         acr=str(acr) if isinstance(acr, str | int) else None,
-        amr=_strings(claims.get("amr")),
+        amr=string_list(claims.get("amr")),
         auth_time=auth_time if isinstance(auth_time, int) else None,
         expires_at=int(claims.get("exp", 0)),
         via="session" if via == "session" else "bearer",
@@ -188,22 +188,55 @@ class BearerValidator:
                 return await self._introspect(token, self._introspecting[0], now)
             raise TokenRejected("malformed")
         header, claims = self._parse(token)
+        issuer = self._trusted_issuer(claims)
+        if issuer.validation == "introspection":
+            return await self._introspect(token, issuer, now)
+        await self._check_signature(token, header, issuer, typs=_ACCEPTED_TYP)
+        self._check_claims(claims, issuer, now)
+        return claims_to_principal(claims, issuer), float(
+            claims["exp"]
+        ) + self._settings.leeway_seconds
+
+    async def verify_signed(
+        self, token: str, *, typs: frozenset[str] | None = None
+    ) -> tuple[IssuerSettings, dict[str, Any]]:
+        """Claims of a JWT signed by a trusted issuer's key (e.g. a logout token); the claims
+        themselves are the caller's to check. ``typs``: accepted ``typ`` headers, if checked."""
+        if len(token) > self._settings.max_token_bytes:
+            raise TokenRejected("oversized")
+        header, claims = self._parse(token)
+        issuer = self._trusted_issuer(claims)
+        await self._check_signature(token, header, issuer, typs=typs)
+        return issuer, claims
+
+    def _trusted_issuer(self, claims: dict[str, Any]) -> IssuerSettings:
         issuer_name = claims.get("iss")
         if not isinstance(issuer_name, str):
             raise TokenRejected("missing_iss")
         issuer = self._issuers.get(issuer_name)
         if issuer is None:
             raise TokenRejected("untrusted_issuer")
-        if issuer.validation == "introspection":
-            return await self._introspect(token, issuer, now)
+        return issuer
+
+    async def _check_signature(
+        self,
+        token: str,
+        header: dict[str, Any],
+        issuer: IssuerSettings,
+        *,
+        typs: frozenset[str] | None,
+    ) -> None:
+        """Algorithm allow-list, ``kid``, ``typ``, ``crit``, the issuer's key, the signature."""
+        issuer_name = str(issuer.issuer).rstrip("/")
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise TokenRejected("algorithm_not_allowed", issuer_name)
         if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise TokenRejected("missing_kid", issuer_name)
         typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
-            raise TokenRejected("wrong_typ", issuer_name)
+        if typs is not None and typ is not None:
+            if not isinstance(typ, str) or typ.lower() not in typs:
+                raise TokenRejected("wrong_typ", issuer_name)
         if "crit" in header:
             raise TokenRejected("unsupported_crit", issuer_name)
         key = await self._keys[issuer_name].key_for(kid, alg)
@@ -213,10 +246,6 @@ class BearerValidator:
             jwt.decode(token, key, algorithms=[alg], registry=JWSRegistry(algorithms=[alg]))
         except (JoseError, ValueError) as exc:
             raise TokenRejected("bad_signature", issuer_name) from exc
-        self._check_claims(claims, issuer, now)
-        return claims_to_principal(claims, issuer), float(
-            claims["exp"]
-        ) + self._settings.leeway_seconds
 
     async def _introspect(
         self, token: str, issuer: IssuerSettings, now: float
@@ -281,6 +310,6 @@ class BearerValidator:
         if nbf is not None and (not isinstance(nbf, int | float) or nbf > now + leeway):
             raise TokenRejected("not_yet_valid", name)
         audience = claims.get("aud")
-        audiences = {audience} if isinstance(audience, str) else set(_strings(audience))
+        audiences = {audience} if isinstance(audience, str) else set(string_list(audience))
         if not audiences & set(issuer.audiences):
             raise TokenRejected("wrong_audience", name)

@@ -154,8 +154,7 @@ async def issue_link(
         bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
     )
     token = state.links.seal(claims)
-    await _audit(
-        state,
+    await state.audit.emit(
         AuditEvent(
             kind=EventKind.LINK_ISSUED,
             outcome=Outcome.SUCCESS,
@@ -272,8 +271,7 @@ async def _audit_redeem(
     context: RequestContext,
     decision: Decision | None = None,
 ) -> None:
-    await _audit(
-        state,
+    await state.audit.emit(
         AuditEvent(
             kind=EventKind.LINK_REDEEMED,
             outcome=outcome,
@@ -291,10 +289,3 @@ async def _audit_redeem(
             detail={"link_subject": claims.subject} if claims else {},
         ),
     )
-
-
-async def _audit(state: AppState, event: AuditEvent) -> None:
-    try:
-        await state.audit.emit(event)
-    except AuditUnavailable as exc:
-        raise DependencyUnavailable("The audit trail is unavailable; nothing was granted.") from exc

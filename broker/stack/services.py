@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -58,12 +57,6 @@ class Service:
 
 def _http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
     return httpx.get(url, auth=auth, timeout=2.0).status_code == 200
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _resource(name: str) -> Path:
@@ -162,17 +155,9 @@ def _property(config: Path, name: str) -> str:
 
 
 def _kafka_ready(bootstrap: str) -> bool:
-    from kafka import KafkaAdminClient  # local import: kafka-python is slow to import
+    from broker.audit.kafka import cluster_brokers  # kafka-python is slow to import
 
-    if not _port_open(int(bootstrap.rsplit(":", 1)[1])):
-        return False  # kafka-python's client would leak its sockets on a refused bootstrap
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-    try:
-        admin.describe_cluster()
-        return True
-    finally:
-        admin.close()
+    return cluster_brokers(bootstrap, 3000) >= 1
 
 
 # ----------------------------------------------------------------------------------------- OPA

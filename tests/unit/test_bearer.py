@@ -290,3 +290,36 @@ class TestRejects:
         for _ in range(2):
             with pytest.raises(TokenRejected):
                 await validator.validate(token)
+
+
+class TestVerifySigned:
+    """The signature path shared with logout tokens: claims are the caller's to check."""
+
+    async def test_returns_issuer_and_claims_without_checking_them(
+        self, idp: FakeIdp, make_validator: Callable[..., BearerValidator]
+    ) -> None:
+        issuer, claims = await make_validator().verify_signed(idp.token(aud=7, exp=None))
+        assert str(issuer.issuer) == ISS
+        assert claims["aud"] == 7
+
+    @pytest.mark.parametrize(
+        ("make_token", "reason"),
+        [
+            (lambda idp: idp.token(iss=OTHER), "untrusted_issuer"),
+            (lambda idp: idp.token()[:-6], "bad_signature"),
+            (
+                lambda idp: _forge({"alg": "HS256", "kid": "rsa-1"}, {"iss": ISS}, b"x"),
+                "algorithm_not_allowed",
+            ),
+        ],
+    )
+    async def test_signature_checks_still_apply(
+        self,
+        idp: FakeIdp,
+        make_validator: Callable[..., BearerValidator],
+        make_token: Callable[[FakeIdp], str],
+        reason: str,
+    ) -> None:
+        with pytest.raises(TokenRejected) as err:
+            await make_validator().verify_signed(make_token(idp))
+        assert err.value.reason == reason

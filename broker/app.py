@@ -7,10 +7,12 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
@@ -35,6 +37,10 @@ from broker.links.token import LinkCodec
 from broker.logs import configure_logging
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
+from broker.pages.routes import router as pages_router
+from broker.pages.security import SecurityHeadersMiddleware
+from broker.pages.viewer import OhifFiles
+from broker.pages.viewer import router as viewer_router
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
@@ -183,6 +189,19 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         idle_seconds=settings.identity.session_idle_seconds,
         absolute_seconds=settings.identity.session_absolute_seconds,
     )
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        public_url=str(settings.public_url),
+        session_cookie=settings.identity.session_cookie,
+        hsts=str(settings.public_url).startswith("https://"),
+    )
+    app.include_router(pages_router)
+    app.mount(
+        "/_broker/static",
+        StaticFiles(directory=Path(__file__).parent / "pages" / "static"),
+        name="broker-static",
+    )
+    app.include_router(viewer_router)
     app.include_router(auth_router)
     app.include_router(api_router)
     app.include_router(links_api_router)
@@ -209,4 +228,6 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    if settings.viewer_dir is not None:
+        app.mount("/", OhifFiles(settings.viewer_dir), name="viewer")  # last: only unmatched paths
     return app

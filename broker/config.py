@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     links: LinkSettings = LinkSettings()
     # The hospital-fed study facts (institution → facility; labels, consent, referrer by study).
     facts_file: Path | None = None
+    # The OHIF viewer's prebuilt dist/ (the image carries it at /opt/ohif); None: no viewer.
+    viewer_dir: Path | None = None
     facts_ttl_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
     # HMAC key for patient pseudonyms in policy input and audit events (base64url, 32 bytes).
     pseudonym_key: SecretStr | None = None

@@ -84,9 +84,13 @@ class StepUpRequired(Unauthenticated):
 
 
 class Forbidden(TeleradError):
-    """Authenticated, but the policy does not allow it."""
+    """Authenticated, but the policy does not allow it (``reasons``: the policy's codes)."""
 
     status_code, code, message = 403, "forbidden", "Access is not allowed."
+
+    def __init__(self, message: str | None = None, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
 
 
 class NotFound(TeleradError):

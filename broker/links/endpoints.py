@@ -117,7 +117,7 @@ def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
         raise StepUpRequired(acr, max_age, login_url)
     if any(code.startswith("policy_") for code in codes):
         raise DependencyUnavailable("The policy service is unavailable; nothing was granted.")
-    raise Forbidden("The policy does not allow this: " + ", ".join(codes))
+    raise Forbidden("The policy does not allow this: " + ", ".join(codes), reasons=tuple(codes))
 
 
 @api_router.post("", summary="Issue a short-lived link to one study")

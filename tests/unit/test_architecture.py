@@ -27,8 +27,18 @@ PUBLIC = {
     "/auth/callback",
     "/auth/logout",
     "/auth/backchannel-logout",
+    "/app-config.js",  # the viewer's configuration: static code, no data
+    "/studies/lookup",  # a redirect to a study's page, which authenticates
 }
-AUTHENTICATES_INSIDE = {"/links/{token}/dicom-web/{path:path}"}
+# The reading room's pages authenticate inside too: signed out, they answer with the sign-in
+# page (and a way back), not a 401.
+AUTHENTICATES_INSIDE = {
+    "/links/{token}/dicom-web/{path:path}",
+    "/",
+    "/studies/{study_uid}",
+    "/studies/{study_uid}/open",
+    "/read/{token}/{route:path}",
+}
 GUARDED_CALLS = {"forward", "seal"}  # state.proxy.forward(...), state.links.seal(...)
 BROKER = Path(__file__).resolve().parents[2] / "broker"
 

@@ -1,0 +1,141 @@
+"""The OHIF viewer, on the broker's own origin, configured for one study link at a time.
+
+    GET /read/{token}/{route}     OHIF's page, once the link opens, is live and is the reader's
+    GET /app-config.js            OHIF's configuration, derived from the page's own path
+    GET /<file of OHIF's dist>    OHIF's bundle (index.html and any service worker excepted)
+
+The page's path carries the link (``/read/<token>/viewer?StudyInstanceUIDs=<uid>``), never a
+query string, and the link alone opens nothing: every DICOMweb request OHIF makes goes to
+``/links/<token>/dicom-web`` and is checked there against the browser session the link is bound
+to. The configuration names that one root as OHIF's only data source, with no study list and no
+way to load another configuration or server from the URL.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from broker.errors import DependencyUnavailable, Forbidden, Gone, NotFound
+from broker.links.endpoints import _bound_to as bound_to
+from broker.links.token import LinkInvalid
+from broker.pages.routes import _principal, _sign_in, render_refusal
+from broker.pages.security import origin_of, page_csp
+from broker.revocation import RevocationKind
+from broker.state import state_of
+
+__all__ = ["APP_CONFIG", "OhifFiles", "router"]
+
+router = APIRouter(tags=["viewer"], include_in_schema=False)
+
+# OHIF's window.config for the link in the page's path (see docs/ohif-notes.md).
+APP_CONFIG = """\
+(function () {
+  "use strict";
+  var m = /^\\/read\\/([A-Za-z0-9._~-]{16,1024})\\//.exec(window.location.pathname);
+  var root = m ? window.location.origin + "/links/" + m[1] + "/dicom-web" : "about:blank";
+  window.config = {
+    routerBasename: m ? "/read/" + m[1] : "/",
+    showStudyList: false,
+    extensions: [],
+    modes: [],
+    showWarningMessageForCrossOrigin: false,
+    showCPUFallbackMessage: true,
+    showLoadingIndicator: true,
+    investigationalUseDialog: { option: "never" },
+    defaultDataSourceName: "link",
+    dataSources: [
+      {
+        namespace: "@ohif/extension-default.dataSourcesModule.dicomweb",
+        sourceName: "link",
+        configuration: {
+          friendlyName: "Study link",
+          name: "link",
+          wadoUriRoot: root,
+          qidoRoot: root,
+          wadoRoot: root,
+          qidoSupportsIncludeField: false,
+          imageRendering: "wadors",
+          thumbnailRendering: "wadors",
+          enableStudyLazyLoad: true,
+          supportsFuzzyMatching: false,
+          supportsWildcard: false,
+          omitQuotationForMultipartRequest: true,
+          bulkDataURI: { enabled: true }
+        }
+      }
+    ]
+  };
+})();
+"""
+# Never served from the bundle: the unconfigured entry page and any service worker (no PHI cache).
+_WITHHELD = frozenset({"index.html", "sw.js", "service-worker.js", "app-config.js"})
+
+
+def _viewer_csp(request: Request) -> str:
+    idps = [str(i.issuer) for i in state_of(request).settings.issuers]
+    # OHIF compiles its codecs to WebAssembly and styles elements from script.
+    return page_csp(
+        form_targets=[origin_of(u) for u in idps],
+        script_extra=["'wasm-unsafe-eval'"],
+        style_extra=["'unsafe-inline'"],
+    )
+
+
+@router.get("/app-config.js")
+async def app_config() -> Response:
+    return Response(
+        APP_CONFIG,
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/read/{token}/{route:path}")
+async def read(request: Request, token: str, route: str) -> Response:
+    """OHIF for one link: refused in words if the link is bad, expired, revoked or not yours."""
+    state = state_of(request)
+    principal = await _principal(request)
+    try:
+        try:
+            claims = state.links.open(token)
+        except LinkInvalid:
+            raise NotFound() from None
+        if claims.expires_at <= time.time():
+            raise Gone()
+        if state.revocations.is_revoked(RevocationKind.LINK, claims.link_id):
+            raise Gone("This link has been revoked.")
+        if principal is None:
+            query = f"?{request.url.query}" if request.url.query else ""
+            return _sign_in(request, request.url.path + query)
+        if principal.id != claims.subject or not bound_to(claims, principal, request):
+            raise Forbidden("This link was issued to someone else.")
+        viewer = state.settings.viewer_dir
+        if viewer is None or not (viewer / "index.html").is_file():
+            raise DependencyUnavailable("The viewer is not installed on this broker.")
+    except (NotFound, Gone, Forbidden, DependencyUnavailable) as exc:
+        return render_refusal(request, exc, principal)
+    return FileResponse(
+        viewer / "index.html",
+        media_type="text/html",
+        headers={"Content-Security-Policy": _viewer_csp(request), "Cache-Control": "no-store"},
+    )
+
+
+class OhifFiles(StaticFiles):
+    """OHIF's bundle, minus what must come from the broker or must never exist (see above)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory=directory, check_dir=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = str(scope.get("path", "")).lstrip("/")
+        if name in _WITHHELD or name.startswith("."):
+            await Response(status_code=404)(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -4,15 +4,24 @@ A viewer speaks plain DICOMweb under ``/links/<token>/dicom-web/``. Each path is
 the few shapes QIDO-RS and WADO-RS define below one study; anything else is not found. The PACS
 answer is streamed through untouched (multipart/related included), except DICOM JSON, whose
 URLs (RetrieveURL, BulkDataURI) are rewritten to stay behind the link.
+
+Viewers such as OHIF start with a study-level search (``studies?StudyInstanceUID=…``) and look
+for priors by patient (``studies?PatientID=…``). That search is answered for the linked study
+only: the PACS is asked with ``StudyInstanceUID`` forced to the linked study (the client's own
+study UID keys dropped, the forced one sent last, since Orthanc honours the last of repeated
+keys), and whatever comes back is filtered to that study again. A client naming other studies
+only gets ``[]``; so does a search the PACS cannot answer (400/404/204), never a 404 that would
+break the viewer.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote, urlencode
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from starlette.background import BackgroundTask
@@ -22,19 +31,40 @@ from broker.config import PacsSettings
 from broker.dicomweb.facts import valid_uid
 from broker.errors import NotFound, UpstreamError
 
-__all__ = ["DicomwebProxy", "ParsedPath", "parse_path"]
+__all__ = ["DicomwebProxy", "ParsedPath", "parse_path", "query_string", "upstream_query"]
 
 Operation = Literal["view", "download"]
 
 _FRAMES = re.compile(r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,63}$")
+# A bulk data path as Orthanc emits it in BulkDataURI: a tag, then (item index, tag) pairs for
+# elements nested in sequences (``bulk/7fe00010``, ``bulk/00540016/0/00181072``).
+_BULK_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_BULK_INDEX = re.compile(r"^(0|[1-9][0-9]{0,5})$")
+_BULK_DEPTH = 8  # tags at most
 # QIDO-RS query keys passed through: paging, field selection, and attribute matches by
 # keyword or tag. Values are length-capped; the PACS sees nothing else.
 _QIDO_KEYS = re.compile(
     r"^(limit|offset|includefield|fuzzymatching|[A-Za-z]{2,64}|[0-9A-Fa-f]{8})$"
 )
+_MAX_PARAMS = 32
+# Keys that would name a study; matched case-insensitively (Orthanc reads tags in either case).
+_STUDY_UID_KEYS = frozenset({"studyinstanceuid", "0020000d"})
+_UID_LIST = re.compile(r"[\\,]")  # DICOM list matching (backslash; OHIF), or comma
+# WADO-RS rendered / thumbnail presentation parameters (PS3.18 8.3.5), each strictly shaped.
+_NUM = r"-?[0-9]{1,6}(\.[0-9]{1,6})?"
+_RENDER_PARAMS = {
+    # vw,vh or vw,vh,sx,sy,sw,sh
+    "viewport": re.compile(r"^[0-9]{1,4},[0-9]{1,4}(," + _NUM + ("," + _NUM) * 3 + ")?$"),
+    "quality": re.compile(r"^(100|[1-9]?[0-9])$"),
+    "window": re.compile("^" + _NUM + "," + _NUM + r"(,(linear|linear-exact|sigmoid))?$"),
+}
+_THUMBNAIL_VIEWPORT = "128,128"
+# Sent unescaped in the query (besides letters, digits and ``_.-~``): DICOM matching needs them.
+_RAW_IN_QUERY = "*,^\\:;/?@!$'()"
 _PASS_HEADERS = ("accept",)
 _RETURN_HEADERS = ("content-type", "content-length", "content-encoding", "etag", "last-modified")
 _JSON_TYPES = ("application/dicom+json", "application/json")
+_DICOM_JSON = "application/dicom+json"
 
 
 @dataclass(frozen=True)
@@ -44,13 +74,19 @@ class ParsedPath:
     upstream: str  # path below the PACS's DICOMweb root, rebuilt from validated parts
     operation: Operation
     query: bool  # QIDO-RS search (query parameters allowed)
+    study_uid: str  # the linked study (the search below is forced to it)
+    study_search: bool = False  # study-level QIDO-RS: upstream is ``studies``
+    rendered: bool = False  # rendered media (presentation parameters allowed)
+    thumbnail: bool = False  # a thumbnail, answered as rendered at a thumbnail viewport
 
 
 def parse_path(path: str, study_uid: str) -> ParsedPath:
     """Validate ``path`` (below ``dicom-web/``) for the linked study; :class:`NotFound` if not."""
-    if "%" in path or "\\" in path or "//" in path:
+    if "%" in path or "\\" in path or "//" in path or not valid_uid(study_uid):
         raise NotFound()
     parts = path.strip("/").split("/")
+    if parts == ["studies"]:
+        return ParsedPath("studies", "view", True, study_uid, study_search=True)
     if len(parts) < 2 or parts[0] != "studies" or parts[1] != study_uid:
         raise NotFound()
     rest = parts[2:]
@@ -61,35 +97,149 @@ def parse_path(path: str, study_uid: str) -> ParsedPath:
             raise NotFound()
         return value
 
+    def plain(upstream: str, operation: Operation = "view") -> ParsedPath:
+        return ParsedPath(upstream, operation, False, study_uid)
+
+    def qido(upstream: str) -> ParsedPath:
+        return ParsedPath(upstream, "view", True, study_uid)
+
+    def media(prefix: str, what: str) -> ParsedPath:
+        # Orthanc's plugin has no thumbnail resource (404): a thumbnail is the rendered image
+        # at a thumbnail's size, which is what PS3.18 says a thumbnail is.
+        thumbnail = what == "thumbnail"
+        return ParsedPath(
+            f"{prefix}/rendered", "view", False, study_uid, rendered=True, thumbnail=thumbnail
+        )
+
     match rest:
         case []:
-            return ParsedPath(base, "download", False)
+            return plain(base, "download")
         case ["metadata"]:
-            return ParsedPath(f"{base}/metadata", "view", False)
+            return plain(f"{base}/metadata")
+        case [("rendered" | "thumbnail") as what]:
+            return media(base, what)
         case ["series"]:
-            return ParsedPath(f"{base}/series", "view", True)
+            return qido(f"{base}/series")
         case ["instances"]:
-            return ParsedPath(f"{base}/instances", "view", True)
+            return qido(f"{base}/instances")
         case ["series", series]:
-            return ParsedPath(f"{base}/series/{uid(series)}", "download", False)
-        case ["series", series, ("metadata" | "rendered" | "thumbnail") as what]:
-            return ParsedPath(f"{base}/series/{uid(series)}/{what}", "view", False)
+            return plain(f"{base}/series/{uid(series)}", "download")
+        case ["series", series, "metadata"]:
+            return plain(f"{base}/series/{uid(series)}/metadata")
+        case ["series", series, ("rendered" | "thumbnail") as what]:
+            return media(f"{base}/series/{uid(series)}", what)
         case ["series", series, "instances"]:
-            return ParsedPath(f"{base}/series/{uid(series)}/instances", "view", True)
+            return qido(f"{base}/series/{uid(series)}/instances")
         case ["series", series, "instances", sop]:
-            return ParsedPath(f"{base}/series/{uid(series)}/instances/{uid(sop)}", "view", False)
-        case ["series", series, "instances", sop, ("metadata" | "rendered" | "thumbnail") as what]:
-            upstream = f"{base}/series/{uid(series)}/instances/{uid(sop)}/{what}"
-            return ParsedPath(upstream, "view", False)
+            return plain(f"{base}/series/{uid(series)}/instances/{uid(sop)}")
+        case ["series", series, "instances", sop, "metadata"]:
+            return plain(f"{base}/series/{uid(series)}/instances/{uid(sop)}/metadata")
+        case ["series", series, "instances", sop, ("rendered" | "thumbnail") as what]:
+            return media(f"{base}/series/{uid(series)}/instances/{uid(sop)}", what)
         case ["series", series, "instances", sop, "frames", frames] if _FRAMES.match(frames):
-            upstream = f"{base}/series/{uid(series)}/instances/{uid(sop)}/frames/{frames}"
-            return ParsedPath(upstream, "view", False)
-        case ["series", series, "instances", sop, "frames", frames, "rendered"] if _FRAMES.match(
-            frames
-        ):
-            upstream = f"{base}/series/{uid(series)}/instances/{uid(sop)}/frames/{frames}/rendered"
-            return ParsedPath(upstream, "view", False)
+            return plain(f"{base}/series/{uid(series)}/instances/{uid(sop)}/frames/{frames}")
+        case [
+            "series",
+            series,
+            "instances",
+            sop,
+            "frames",
+            frames,
+            ("rendered" | "thumbnail") as what,
+        ] if _FRAMES.match(frames):
+            prefix = f"{base}/series/{uid(series)}/instances/{uid(sop)}/frames/{frames}"
+            return media(prefix, what)
+        case ["series", series, "instances", sop, "bulk", *tags] if _bulk_path(tags):
+            upstream = f"{base}/series/{uid(series)}/instances/{uid(sop)}/bulk/{'/'.join(tags)}"
+            return plain(upstream)
     raise NotFound()
+
+
+def _bulk_path(parts: Sequence[str]) -> bool:
+    """``tag(/index/tag)*``, at most :data:`_BULK_DEPTH` tags."""
+    if len(parts) % 2 == 0 or len(parts) > 2 * _BULK_DEPTH - 1:
+        return False
+    return all(
+        (_BULK_INDEX if i % 2 else _BULK_TAG).match(part) is not None
+        for i, part in enumerate(parts)
+    )
+
+
+def upstream_query(
+    parsed: ParsedPath, query: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]] | None:
+    """The query the PACS is sent for ``parsed``; None when the answer is known to be empty.
+
+    QIDO-RS: allowed keys only, values capped, ``includefield=a,b`` split into repeated keys,
+    the client's study UID keys dropped. If the client named studies and not the linked one,
+    nothing can match (None). A study-level search always ends with the forced
+    ``StudyInstanceUID=<linked study>``. Rendered media: the presentation parameters only.
+    """
+    if parsed.rendered:
+        rendered: dict[str, str] = {}
+        for key, value in query:
+            pattern = _RENDER_PARAMS.get(key)
+            if pattern is not None and key not in rendered and pattern.match(value):
+                rendered[key] = value
+        if parsed.thumbnail:
+            rendered.setdefault("viewport", _THUMBNAIL_VIEWPORT)
+        return list(rendered.items())
+    if not parsed.query:
+        return []
+    named: set[str] = set()
+    params: list[tuple[str, str]] = []
+    for key, value in query:
+        if key.lower() in _STUDY_UID_KEYS:
+            named.update(u.strip() for u in _UID_LIST.split(value) if u.strip())
+            continue
+        if not _QIDO_KEYS.match(key):
+            continue
+        if key == "includefield":
+            fields = (field.strip() for field in value[:4096].split(","))
+            params.extend((key, field[:256]) for field in fields if field)
+        else:
+            params.append((key, value[:256]))
+    if named and "*" not in named and parsed.study_uid not in named:
+        return None
+    params = params[:_MAX_PARAMS]
+    if parsed.study_search:
+        params.append(("StudyInstanceUID", parsed.study_uid))
+    return params
+
+
+def query_string(params: Sequence[tuple[str, str]]) -> str:
+    """``params`` as the PACS must see them: only what would break the query is escaped.
+
+    Orthanc (1.10) does not percent-decode GET arguments, so an escaped ``*``, ``,``, ``^`` or
+    ``\\`` reaches it literally (``Synth%2A``, ``64%2C64``) and matches nothing or is refused;
+    those go raw. ``&``, ``=``, ``+``, ``#``, ``%``, spaces, controls and non-ASCII are escaped,
+    so a value can never add a parameter of its own (it then merely matches nothing).
+    """
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe=_RAW_IN_QUERY)}" for k, v in params)
+
+
+def _empty_search() -> Response:
+    return Response(
+        b"[]", status_code=200, media_type=_DICOM_JSON, headers={"cache-control": "no-store"}
+    )
+
+
+def _only_the_study(body: bytes, study_uid: str) -> bytes:
+    """A study-level QIDO-RS answer, with every study but the linked one taken out."""
+    try:
+        studies = json.loads(body)
+    except ValueError as exc:
+        raise UpstreamError() from exc
+    if not isinstance(studies, list):
+        raise UpstreamError()
+    kept = [
+        study
+        for study in studies
+        if isinstance(study, dict)
+        and isinstance(study.get("0020000D"), dict)
+        and study["0020000D"].get("Value") == [study_uid]
+    ]
+    return json.dumps(kept, separators=(",", ":")).encode()
 
 
 class DicomwebProxy:
@@ -99,6 +249,7 @@ class DicomwebProxy:
         self._pacs = pacs
         self._http = http
         self._root = str(pacs.url).rstrip("/")
+        self._roots = _root_spellings(self._root)
         self._auth: tuple[str, str] | None = (
             (pacs.username, pacs.password.get_secret_value())
             if pacs.username and pacs.password
@@ -113,12 +264,17 @@ class DicomwebProxy:
         link_base: str,
     ) -> Response:
         """Send the request upstream and stream the answer back (JSON rewritten)."""
-        params = [(k, v[:256]) for k, v in query if parsed.query and _QIDO_KEYS.match(k)][:32]
+        params = upstream_query(parsed, query)
+        if params is None:
+            return _empty_search()  # the client asked only for other studies
+        sent = {k: v[:512] for k, v in headers.items() if k.lower() in _PASS_HEADERS}
+        if parsed.study_search:
+            sent = {"accept": _DICOM_JSON}  # the answer is filtered, so it must be DICOM JSON
+        url = f"{self._root}/{parsed.upstream}"
         request = self._http.build_request(
             "GET",
-            f"{self._root}/{parsed.upstream}",
-            params=urlencode(params),
-            headers={k: v[:512] for k, v in headers.items() if k.lower() in _PASS_HEADERS},
+            f"{url}?{query_string(params)}" if params else url,
+            headers=sent,
             timeout=httpx.Timeout(self._pacs.timeout_seconds, read=60.0),
         )
         try:
@@ -127,31 +283,36 @@ class DicomwebProxy:
             )
         except httpx.HTTPError as exc:
             raise UpstreamError() from exc
-        if upstream.status_code in (400, 404):
+        status = upstream.status_code
+        if status != 200:
             await upstream.aclose()
-            raise NotFound()
-        if upstream.status_code == 406:
-            await upstream.aclose()
-            return Response(status_code=406)
-        if upstream.status_code == 204:
-            await upstream.aclose()
-            return Response(status_code=204)
-        if upstream.status_code != 200:
-            await upstream.aclose()
+            if parsed.query and (status == 204 or (parsed.study_search and status in (400, 404))):
+                return _empty_search()
+            if status in (400, 404):
+                raise NotFound()
+            if status == 406:
+                return Response(status_code=406)
+            if status == 204:
+                return Response(status_code=204)
             raise UpstreamError()
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _RETURN_HEADERS}
         out_headers["cache-control"] = "no-store"
         content_type = upstream.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type in _JSON_TYPES:
+        if content_type in _JSON_TYPES or parsed.study_search:
             try:
                 body = await upstream.aread()
             except httpx.HTTPError as exc:
                 raise UpstreamError() from exc
             finally:
                 await upstream.aclose()
+            if parsed.study_search:
+                body = _only_the_study(body, parsed.study_uid)
+                out_headers["content-type"] = _DICOM_JSON
             rewritten = self.rewrite(body, link_base)
             out_headers.pop("content-length", None)
             out_headers.pop("content-encoding", None)
+            if parsed.study_search:
+                out_headers.pop("etag", None)  # the PACS's tag names what it sent, not this
             return Response(rewritten, status_code=200, headers=out_headers)
         out_headers.pop("content-encoding", None)  # httpx streams decoded bytes below
         if upstream.headers.get("content-encoding"):
@@ -166,10 +327,31 @@ class DicomwebProxy:
     def rewrite(self, body: bytes, link_base: str) -> bytes:
         """Point every URL into the PACS's DICOMweb root back through the link instead."""
         text = body.decode("utf-8", "replace")
-        for root in {self._root, unquote(self._root)}:
-            text = text.replace(root + "/", link_base.rstrip("/") + "/")
-            text = text.replace(root.replace("/", "\\/") + "\\/", link_base.rstrip("/") + "/")
+        target = link_base.rstrip("/") + "/"
+        for root in self._roots:
+            text = text.replace(root + "/", target)
+            text = text.replace(root.replace("/", "\\/") + "\\/", target)
         return text.encode()
+
+
+def _root_spellings(root: str) -> list[str]:
+    """The ways the PACS may spell its own DICOMweb root in URLs it emits, longest first.
+
+    Orthanc builds RetrieveURL and BulkDataURI from the Host header it was sent (which drops a
+    default port) and may say http or https; both schemes, with and without the port.
+    """
+    spellings = {root, unquote(root)}
+    parts = urlsplit(root)
+    if parts.hostname:
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        hosts = {netloc}
+        if parts.port is None:
+            hosts |= {f"{netloc}:80", f"{netloc}:443"}
+        for scheme in ("http", "https"):
+            for netloc in hosts:
+                spellings.add(f"{scheme}://{netloc}{parts.path}")
+                spellings.add(f"{scheme}://{netloc}{unquote(parts.path)}")
+    return sorted(spellings, key=len, reverse=True)
 
 
 async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:

@@ -178,7 +178,7 @@ class TestRedeem:
     @pytest.mark.parametrize(
         "suffix",
         [
-            "/../../studies",
+            "/../../studies/1.2.3/metadata",
             "/series/..%2F..%2Fstudies",
             "%2Fmetadata",
             "/series/1.2.3/instances/1.2.4/frames/0",

@@ -13,11 +13,14 @@ way to load another configuration or server from the URL.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -74,15 +77,26 @@ APP_CONFIG = """\
 })();
 """
 # Never served from the bundle: the unconfigured entry page and any service worker (no PHI cache).
-_WITHHELD = frozenset({"index.html", "sw.js", "service-worker.js", "app-config.js"})
+_WITHHELD = frozenset(
+    {"index.html", "sw.js", "service-worker.js", "init-service-worker.js", "app-config.js"}
+)
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
 
 
-def _viewer_csp(request: Request) -> str:
+def _inline_hashes(index: bytes) -> list[str]:
+    """CSP hashes of the inline scripts OHIF's index.html carries (allowed by hash, not inline)."""
+    return [
+        "'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'"
+        for body in _INLINE_SCRIPT.findall(index)
+    ]
+
+
+def _viewer_csp(request: Request, index: bytes) -> str:
     idps = [str(i.issuer) for i in state_of(request).settings.issuers]
     # OHIF compiles its codecs to WebAssembly and styles elements from script.
     return page_csp(
         form_targets=[origin_of(u) for u in idps],
-        script_extra=["'wasm-unsafe-eval'"],
+        script_extra=["'wasm-unsafe-eval'", *_inline_hashes(index)],
         style_extra=["'unsafe-inline'"],
     )
 
@@ -120,10 +134,14 @@ async def read(request: Request, token: str, route: str) -> Response:
             raise DependencyUnavailable("The viewer is not installed on this broker.")
     except (NotFound, Gone, Forbidden, DependencyUnavailable) as exc:
         return render_refusal(request, exc, principal)
-    return FileResponse(
-        viewer / "index.html",
+    index = (viewer / "index.html").read_bytes()
+    return Response(
+        index,
         media_type="text/html",
-        headers={"Content-Security-Policy": _viewer_csp(request), "Cache-Control": "no-store"},
+        headers={
+            "Content-Security-Policy": _viewer_csp(request, index),
+            "Cache-Control": "no-store",
+        },
     )
 
 

@@ -3,15 +3,18 @@
 Everything lands in the cache (``$TELERAD_CACHE``, default ``~/.cache/telerad``) and is reused;
 a missing cache only costs time. Each step prints progress, because a cold machine spends minutes
 here: Go builds (OPA, Regal, Helm) from the Go module proxy, Kafka and Keycloak from Maven
-Central, Orthanc from Debian.
+Central, the OHIF viewer's prebuilt ``dist/`` from npm, Orthanc and Chromium from Debian.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import zipfile
@@ -24,14 +27,17 @@ __all__ = [
     "HELM_VERSION",
     "KAFKA_VERSION",
     "KEYCLOAK_VERSION",
+    "OHIF_VERSION",
     "OPA_VERSION",
     "REGAL_VERSION",
     "ProvisionError",
     "cache_dir",
+    "chromium_binary",
     "ensure_all",
     "go_tool",
     "kafka_classpath",
     "keycloak_home",
+    "ohif_dist",
     "orthanc_binary",
 ]
 
@@ -41,6 +47,13 @@ REGAL_VERSION = "v0.39.0"
 HELM_VERSION = "v3.19.0"
 KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
+# The OHIF viewer as npm publishes it (the tarball carries the prebuilt ``dist/``), and the
+# tarball's integrity as the registry lists it (``npm view @ohif/app@<v> dist.integrity``).
+OHIF_VERSION = "3.13.2"
+OHIF_INTEGRITY = (
+    "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5P"
+    "Pe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
+)
 
 # name -> (module, package inside the module, version, version-stamping ldflags variable)
 _GO_TOOLS: dict[str, tuple[str, str, str, str | None]] = {
@@ -185,7 +198,7 @@ def keycloak_home() -> Path:
     staging = home.with_name(home.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(archive) as zf:
-        zf.extractall(staging)
+        zf.extractall(staging)  # noqa: S202 (a zip; zipfile drops absolute and '..' parts)
     (inner,) = [p for p in staging.iterdir() if p.is_dir()]
     shutil.rmtree(home, ignore_errors=True)
     inner.rename(home)
@@ -204,22 +217,9 @@ def orthanc_binary() -> Path:
     plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
     if found and plugin.exists():
         return Path(found)
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    _run([*sudo, "apt-get", "update", "-q"], what="updating Debian package lists", env=env)
-    _run(
-        [
-            *sudo,
-            "apt-get",
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "orthanc",
-            "orthanc-dicomweb",
-        ],
+    _apt_install(
+        ["orthanc", "orthanc-dicomweb"],
         what="installing Orthanc and its DICOMweb plugin from Debian",
-        env=env,
     )
     found = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(found).exists() or not plugin.exists():
@@ -227,6 +227,109 @@ def orthanc_binary() -> Path:
             "Orthanc: installed from Debian but the binary or DICOMweb plugin is missing"
         )
     return Path(found)
+
+
+def _apt_install(packages: Sequence[str], *, what: str) -> None:
+    """Install Debian packages with apt-get, as root or through password-less sudo."""
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    _run([*sudo, "apt-get", "update", "-q"], what="updating Debian package lists", env=env)
+    _run(
+        [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+        what=what,
+        env=env,
+    )
+
+
+def chromium_binary() -> Path:
+    """Debian's Chromium (the browser the viewer's end-to-end tests drive), installed if missing."""
+    binary = Path("/usr/bin/chromium")
+    if binary.exists():
+        return binary
+    _apt_install(["chromium"], what="installing Chromium from Debian")
+    if not binary.exists():
+        raise ProvisionError(f"Chromium: installed from Debian but {binary} is missing")
+    return binary
+
+
+def ohif_dist(cache: Path | None = None) -> Path:
+    """The OHIF viewer's prebuilt ``dist/`` from the pinned npm tarball, unpacked in the cache.
+
+    The tarball is fetched with ``npm pack`` (so the user's npm registry settings apply), its
+    sha512 is checked against :data:`OHIF_INTEGRITY`, and only ``package/dist/`` is extracted
+    to ``<cache>/ohif-<version>/dist``.
+    """
+    root = cache if cache is not None else cache_dir()
+    home = root / f"ohif-{OHIF_VERSION}"
+    dist = home / "dist"
+    marker = home / ".complete"
+    if marker.exists() and (dist / "index.html").exists():
+        return dist
+    downloads = root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / f"ohif-app-{OHIF_VERSION}.tgz"
+    if not archive.exists() or _npm_integrity(archive) != OHIF_INTEGRITY:
+        if shutil.which("npm") is None:
+            raise ProvisionError("OHIF: npm is needed to fetch the viewer and is not on PATH")
+        archive.unlink(missing_ok=True)
+        _run(
+            [
+                "npm",
+                "pack",
+                f"@ohif/app@{OHIF_VERSION}",
+                "--pack-destination",
+                str(downloads),
+                "--loglevel=warn",
+            ],
+            what=f"fetching the OHIF viewer {OHIF_VERSION} from npm",
+        )
+        if not archive.exists():
+            raise ProvisionError(f"OHIF: npm pack did not write {archive}")
+    found = _npm_integrity(archive)
+    if found != OHIF_INTEGRITY:
+        archive.unlink(missing_ok=True)
+        raise ProvisionError(
+            f"OHIF: {archive.name} has integrity {found}, expected the pinned {OHIF_INTEGRITY}"
+        )
+    progress(f"unpacking the viewer's dist/ from {archive.name}")
+    staging = home.with_name(home.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _extract_dist(archive, staging / "dist")
+    if not (staging / "dist" / "index.html").exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ProvisionError(f"OHIF: {archive.name} has no package/dist/index.html")
+    shutil.rmtree(home, ignore_errors=True)
+    staging.rename(home)
+    marker.touch()
+    return dist
+
+
+def _npm_integrity(path: Path) -> str:
+    """The npm ``integrity`` string (Subresource Integrity, sha512) of a file."""
+    digest = hashlib.sha512()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha512-" + base64.b64encode(digest.digest()).decode("ascii")
+
+
+def _extract_dist(archive: Path, target: Path) -> None:
+    """Extract the regular files under ``package/dist/`` of an npm tarball into ``target``."""
+    prefix = "package/dist/"
+    with tarfile.open(archive, "r:gz") as tf:
+        for member in tf:
+            if not member.isfile() or not member.name.startswith(prefix):
+                continue
+            relative = Path(member.name[len(prefix) :])
+            if relative.is_absolute() or ".." in relative.parts:
+                raise ProvisionError(f"OHIF: unsafe path in the tarball: {member.name}")
+            source = tf.extractfile(member)
+            if source is None:
+                continue
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with source, destination.open("wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def orthanc_dicomweb_plugin() -> Path:
@@ -269,3 +372,5 @@ def ensure_all(*, tools: Sequence[str] = ("opa",)) -> None:
     kafka_classpath()
     keycloak_home()
     orthanc_binary()
+    ohif_dist()
+    chromium_binary()

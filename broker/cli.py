@@ -67,6 +67,7 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from broker.stack import provision
     from broker.stack._procs import ManagedProcess, free_port, progress
     from broker.stack.stack import PARTS, Stack
 
@@ -84,6 +85,7 @@ def _up(args: argparse.Namespace) -> int:
         if args.with_broker:
             port = args.port or free_port()
             env |= {"TELERAD_PORT": str(port), "TELERAD_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+            env.setdefault("TELERAD_VIEWER_DIR", str(provision.ohif_dist()))
             broker = ManagedProcess(
                 "broker",
                 [sys.executable, "-m", "broker", "serve"],
@@ -94,6 +96,10 @@ def _up(args: argparse.Namespace) -> int:
             broker.wait_ready(lambda: _ready(f"http://127.0.0.1:{port}/readyz"), timeout=60)
             progress(f"broker ready on http://127.0.0.1:{port} (readyz: every dependency ready)")
             progress(f"broker log: {broker.log_path}")
+            progress(
+                f"open http://127.0.0.1:{port}/ in a browser and sign in as a dev user: "
+                "ada, ben or eve (password dev-password; eve's one-time code: README)"
+            )
         progress(f"logs under {stack.run_dir / 'logs'}; Ctrl-C stops everything")
         while True:
             time.sleep(1)

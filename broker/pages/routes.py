@@ -210,9 +210,15 @@ async def open_study(request: Request, study_uid: str) -> Response:
         )
     except StepUpRequired as exc:
         # back to this study's page after the IdP's step-up, not to the form's POST
+        # at the IdP the reader signed in with (there may be several)
         asked = dict(parse_qsl(urlsplit(exc.login_url or "").query))
+        back = f"/studies/{quote(study_uid)}?stepped_up=true"
         extra = {k: asked[k] for k in ("acr_values", "max_age") if k in asked}
-        url = _login_url(request, f"/studies/{quote(study_uid)}?stepped_up=true", **extra)
+        if "idp" in asked:
+            params: dict[str, str] = {"idp": asked["idp"], "next": back} | extra
+            url: str | None = "/auth/login?" + urlencode(params)
+        else:
+            url = _login_url(request, back, **extra)
         if url is None:
             return render_refusal(request, exc, principal, study_uid)
         return RedirectResponse(url, status_code=303)

@@ -8,10 +8,10 @@ else (JSON, DICOM, images) gets one that allows nothing at all.
 
 CSRF. SameSite=Lax cookies are not enough: a same-site sibling (another app on the hospital's
 domain) can still post. So every state-changing request that a browser session authenticates
-must prove it comes from our own origin: its ``Origin`` (or, when absent, the Fetch Metadata
-``Sec-Fetch-Site``) must name this site, and the page forms (open, break-glass, revoke, sign-out)
-also carry a per-session token (:func:`csrf_token`, :func:`check_csrf`). Bearer callers are not
-browsers riding a cookie and are not checked.
+must prove it comes from our own origin: its Fetch Metadata (``Sec-Fetch-Site: same-origin``)
+or, from a client that sends none, its ``Origin`` must name this origin; and the page forms
+(open, break-glass, revoke, sign-out) also carry a per-session token (:func:`csrf_token`,
+:func:`check_csrf`). Bearer callers are not browsers riding a cookie and are not checked.
 """
 
 from __future__ import annotations
@@ -114,11 +114,15 @@ class SecurityHeadersMiddleware:
             return False
         if "authorization" in connection.headers or self._cookie not in connection.cookies:
             return False  # not riding on the browser session
-        origin = connection.headers.get("origin")
-        if origin is not None:
-            return origin.lower() != self._origin
+        # Fetch Metadata first: the browser sets it and no page can forge it. Origin alone is
+        # not enough: under Referrer-Policy no-referrer Chromium sends `Origin: null` even on a
+        # form posted by our own page. Without Fetch Metadata (old browsers, other clients),
+        # Origin must name this origin exactly ("null" is opaque and refused).
         site = connection.headers.get("sec-fetch-site")
-        return site is not None and site not in ("same-origin", "none")
+        if site is not None:
+            return site != "same-origin"
+        origin = connection.headers.get("origin")
+        return origin is not None and origin.lower() != self._origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -51,6 +51,8 @@ APP_CONFIG = """\
     showCPUFallbackMessage: true,
     showLoadingIndicator: true,
     investigationalUseDialog: { option: "never" },
+    // no onboarding tour over the first image a reader opens
+    customizationService: { "ohif.tours": { $set: [] } },
     defaultDataSourceName: "link",
     dataSources: [
       {

@@ -81,6 +81,7 @@ class NetworkLog:
 
     dicomweb: list[tuple[str, int]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    csp_violations: list[str] = field(default_factory=list)
 
     def attach(self, page: Any) -> None:
         def on_response(response: Any) -> None:
@@ -93,8 +94,13 @@ class NetworkLog:
             if "/dicom-web" in request.url:
                 self.failed.append(f"{request.failure} {request.url}")
 
+        def on_console(message: Any) -> None:
+            if "Content Security Policy" in message.text.replace("-", " "):
+                self.csp_violations.append(message.text)
+
         page.on("response", on_response)
         page.on("requestfailed", on_failed)
+        page.on("console", on_console)
 
 
 @dataclass
@@ -222,17 +228,21 @@ def test_ada_reads_her_study_in_ohif_and_the_access_is_audited(
 
         uid = STUDY["stolaf-ct-chest"].study_uid
         started = open_from_worklist(page, uid)
+        at_viewer = time.monotonic() - started
         canvas = wait_for_image(page)
         shown = time.monotonic() - started
         page.wait_for_load_state("networkidle")
         settled = time.monotonic() - started
         room.shot(page, "viewer")
         print(
-            f"\nviewer: first image {shown:.2f} s after Open, network idle at {settled:.2f} s; "
+            f"\nviewer: page {at_viewer:.2f} s after Open, first image {shown:.2f} s, "
+            f"network idle {settled:.2f} s; "
             f"{len(log.dicomweb)} DICOMweb requests; canvas {canvas}"
         )
         assert log.dicomweb, "OHIF made no DICOMweb request"
         assert not log.failed, log.failed
+        assert not log.csp_violations, log.csp_violations
+        assert not page.get_by_text("Scrolling Through Images").count()  # no onboarding tour
         assert all("/links/" in url for url, _ in log.dicomweb)  # never the PACS itself
         missing = page.get_by_text("One or more of the requested studies are not available")
         assert not missing.count()

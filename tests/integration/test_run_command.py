@@ -77,6 +77,15 @@ def test_up_with_broker_then_ctrl_c(tmp_path: Path) -> None:
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
     assert {"opa", "kafka", "pacs"} <= set(ready.json()["checks"])
+    for _ in range(10):  # the next lines say where to point a browser and as whom to sign in
+        if any("in a browser and sign in as a dev user" in line for line in lines):
+            break
+        lines.append(proc.stdout.readline())
+    assert any(f"open http://127.0.0.1:{port}/ in a browser" in line for line in lines), lines
+    # the viewer is served: OHIF's own files from the provisioned dist, its config from us
+    assert httpx.get(f"http://127.0.0.1:{port}/manifest.json", timeout=10).status_code == 200
+    config = httpx.get(f"http://127.0.0.1:{port}/app-config.js", timeout=10)
+    assert config.status_code == 200 and "showStudyList: false" in config.text
     children = _descendants(proc.pid)
     assert len(children) >= 4  # kafka, opa, orthanc, the broker (and their own children)
     proc.send_signal(signal.SIGINT)

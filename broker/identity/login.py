@@ -19,12 +19,13 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.audit import AuditEvent, EventKind, Outcome
 from broker.config import IssuerSettings
-from broker.errors import BadRequest
+from broker.errors import BadRequest, DependencyUnavailable
 from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, string_list
 from broker.identity.principal import Principal
@@ -39,6 +40,7 @@ log = logging.getLogger("telerad.identity")
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 _BCL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+_IDP_UNAVAILABLE = "The identity provider could not be reached; please try again."
 
 
 def build_oauth(issuers: list[IssuerSettings], scopes: str) -> OAuth:
@@ -139,7 +141,10 @@ async def login(
         extra["max_age"] = max_age
     redirect_uri = f"{str(state.settings.public_url).rstrip('/')}/auth/callback"
     request.session["idp"] = name
-    response: Response = await client.authorize_redirect(request, redirect_uri, **extra)
+    try:
+        response: Response = await client.authorize_redirect(request, redirect_uri, **extra)
+    except (httpx.HTTPError, ValueError) as exc:  # its discovery document: unreachable or garbage
+        raise DependencyUnavailable(_IDP_UNAVAILABLE) from exc
     return response
 
 
@@ -162,6 +167,8 @@ async def callback(request: Request) -> Response:
     try:
         token = await client.authorize_access_token(request)
         principal = await state.bearer.validate(token["access_token"])
+    except httpx.HTTPError as exc:  # the IdP's token endpoint: an outage, not a failed login
+        raise DependencyUnavailable(_IDP_UNAVAILABLE) from exc
     except (OAuthError, TokenRejected, KeyError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "error", None) or "login_failed"
         log.warning("login failed", extra={"idp": name, "reason": str(reason)})
@@ -240,14 +247,20 @@ async def logout(request: Request) -> Response:
     client = state.oauth.create_client(issuer.label) if issuer else None
     if client is None:
         return RedirectResponse("/", status_code=303)
-    metadata = await client.load_server_metadata()
-    if not metadata.get("end_session_endpoint"):
-        return RedirectResponse("/", status_code=303)
-    response: Response = await client.logout_redirect(
-        request,
-        post_logout_redirect_uri=f"{str(state.settings.public_url).rstrip('/')}/",
-        client_id=issuer.client_id if issuer else None,
-    )
+    try:
+        metadata = await client.load_server_metadata()
+        if not metadata.get("end_session_endpoint"):
+            return RedirectResponse("/", status_code=303)
+        response: Response = await client.logout_redirect(
+            request,
+            post_logout_redirect_uri=f"{str(state.settings.public_url).rstrip('/')}/",
+            client_id=issuer.client_id if issuer else None,
+        )
+    except (httpx.HTTPError, ValueError) as exc:
+        # signed out here already; say that the IdP's own session may still be alive
+        raise DependencyUnavailable(
+            "Signed out here, but the identity provider could not be reached to end its session."
+        ) from exc
     return response
 
 

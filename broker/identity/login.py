@@ -30,6 +30,7 @@ from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, string_list
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META
+from broker.openapi import error_responses, redirect_response
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
@@ -119,7 +120,15 @@ def _failure_page(status: int, message: str) -> HTMLResponse:
     return HTMLResponse(body, status_code=status)
 
 
-@router.get("/login", summary="Start a browser login at the named IdP")
+@router.get(
+    "/login",
+    summary="Start a browser login at the named IdP",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        400, 503, also={302: redirect_response("To the IdP's authorization endpoint.")}
+    ),
+)
 async def login(
     request: Request,
     idp: str | None = None,
@@ -148,7 +157,22 @@ async def login(
     return response
 
 
-@router.get("/callback", summary="The IdP's redirect back after login")
+@router.get(
+    "/callback",
+    summary="The IdP's redirect back after login",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        503,
+        also={
+            303: redirect_response("Signed in: back to where the login started."),
+            400: {
+                "description": "The login failed (a page saying so).",
+                "content": {"text/html": {}},
+            },
+        },
+    ),
+)
 async def callback(request: Request) -> Response:
     state = state_of(request)
     name = request.session.get("idp")
@@ -218,7 +242,19 @@ def _merge_id_token(principal: Principal, userinfo: dict[str, Any]) -> Principal
     )
 
 
-@router.get("/logout", summary="End the session here and at the IdP")
+@router.get(
+    "/logout",
+    summary="End the session here and at the IdP",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        503,
+        also={
+            302: redirect_response("Signed out here: on to the IdP's end-session endpoint."),
+            303: redirect_response("Signed out (or never signed in): to the start page."),
+        },
+    ),
+)
 async def logout(request: Request) -> Response:
     state = state_of(request)
     principal = principal_from_session(request)
@@ -264,7 +300,28 @@ async def logout(request: Request) -> Response:
     return response
 
 
-@router.post("/backchannel-logout", summary="OIDC Back-Channel Logout from the IdP")
+@router.post(
+    "/backchannel-logout",
+    summary="OIDC Back-Channel Logout from the IdP",
+    response_class=Response,
+    responses=error_responses(
+        400, 503, also={200: {"description": "The sessions the token names are revoked."}}
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"logout_token": {"type": "string", "minLength": 1}},
+                        "required": ["logout_token"],
+                    }
+                }
+            },
+        }
+    },
+)
 async def backchannel_logout(request: Request) -> Response:
     state = state_of(request)
     async with request.form(max_files=0, max_fields=4) as form:

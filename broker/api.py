@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.identity.dependencies import CurrentPrincipal
-from broker.openapi import error_responses
+from broker.openapi import AUTHENTICATED, error_responses
 from broker.policy import RequestContext
 from broker.state import state_of
 
@@ -31,7 +31,12 @@ class DecisionRequest(BaseModel):
     break_glass_justification: Annotated[str | None, Field(max_length=1000)] = None
 
 
-@router.get("/me", summary="Who the broker takes the caller to be", responses=error_responses(401))
+@router.get(
+    "/me",
+    summary="Who the broker takes the caller to be",
+    responses=error_responses(401),
+    openapi_extra=AUTHENTICATED,
+)
 async def me(principal: CurrentPrincipal) -> dict[str, Any]:
     return {
         "id": principal.id,
@@ -49,6 +54,7 @@ async def me(principal: CurrentPrincipal) -> dict[str, Any]:
     summary="May I do this on that study, and if not, why",
     # a denial is an answer (200, allow false); 403 only for a cross-site session request
     responses=error_responses(400, 401, 403, 404, 502, 503),
+    openapi_extra=AUTHENTICATED,
 )
 async def decide(
     body: DecisionRequest, principal: CurrentPrincipal, request: Request

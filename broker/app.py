@@ -179,6 +179,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        session_cookie=settings.identity.session_cookie,
     )
     install_error_handlers(app)
     app.add_middleware(

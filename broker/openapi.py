@@ -18,7 +18,10 @@ from fastapi import FastAPI
 
 from broker.errors import ErrorBody
 
-__all__ = ["BrokerAPI", "error_responses", "redirect_response"]
+__all__ = ["AUTHENTICATED", "BrokerAPI", "error_responses", "redirect_response"]
+
+AUTHENTICATED: dict[str, Any] = {"security": [{"bearer": []}, {"session": []}]}
+"""``openapi_extra`` of a route that authenticates its caller: a bearer token or the session."""
 
 _DESCRIPTIONS = {
     400: "The request is malformed (``bad_request``: invalid fields are named).",
@@ -72,12 +75,21 @@ def redirect_response(description: str) -> dict[str, Any]:
 
 
 class BrokerAPI(FastAPI):
-    """FastAPI, whose document says 400 with the error body where FastAPI would say 422."""
+    """FastAPI, whose document says 400 with the error body where FastAPI would say 422, and
+    names the two ways to authenticate (:data:`AUTHENTICATED`)."""
+
+    def __init__(self, *, session_cookie: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._session_cookie = session_cookie
 
     def openapi(self) -> dict[str, Any]:
         """The document, built once (FastAPI caches it), without the validation 422s."""
         if self.openapi_schema is None:
             document = super().openapi()
+            document.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "session": {"type": "apiKey", "in": "cookie", "name": self._session_cookie},
+            }
             for operations in document.get("paths", {}).values():
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)

@@ -38,7 +38,7 @@ from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
 from broker.opa import Decision
-from broker.openapi import error_responses, redirect_response
+from broker.openapi import AUTHENTICATED, error_responses, redirect_response
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
@@ -145,6 +145,7 @@ def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
     "",
     summary="Issue a short-lived link to one study",
     responses=error_responses(400, 401, 403, 404, 502, 503),
+    openapi_extra=AUTHENTICATED,
 )
 async def issue_link(
     body: IssueLinkRequest, principal: CurrentPrincipal, request: Request
@@ -213,6 +214,7 @@ async def issue_link(
     status_code=204,
     response_class=Response,
     responses=error_responses(401, 403, 404, 503),
+    openapi_extra=AUTHENTICATED,
 )
 async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Request) -> Response:
     state = state_of(request)
@@ -244,6 +246,7 @@ async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Reques
     summary="DICOMweb below the linked study",
     response_class=Response,
     responses=error_responses(401, 403, 404, 410, 502, 503, also=_REDEEM_ANSWERS),
+    openapi_extra=AUTHENTICATED,
 )
 async def redeem(token: str, path: str, request: Request) -> Response:
     state = state_of(request)

@@ -95,6 +95,18 @@ class TestDocument:
                 headers = document["paths"][path][method.lower()]["responses"]["401"]["headers"]
                 assert headers["WWW-Authenticate"]["required"] is True
 
+    def test_what_can_answer_401_says_how_to_authenticate(self, document: dict[str, Any]) -> None:
+        secured = {
+            (method.upper(), path)
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+            if operation.get("security") == [{"bearer": []}, {"session": []}]
+        }
+        assert secured == {op for op, statuses in ERRORS.items() if 401 in statuses}
+        schemes = document["components"]["securitySchemes"]
+        assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        assert schemes["session"] == {"type": "apiKey", "in": "cookie", "name": "telerad_session"}
+
     def test_pages_and_metrics_are_not_api(self, document: dict[str, Any]) -> None:
         paths = set(document["paths"])
         assert not {"/", "/studies/{study_uid}", "/read/{token}/{route}", "/metrics"} & paths

@@ -43,7 +43,7 @@ from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
 
-__all__ = ["IssueLinkRequest", "api_router", "redeem_router", "subject_binding"]
+__all__ = ["IssueLinkRequest", "IssuedLink", "api_router", "redeem_router", "subject_binding"]
 
 api_router = APIRouter(prefix="/api/links", tags=["links"])
 redeem_router = APIRouter(prefix="/links", tags=["links"])
@@ -80,6 +80,16 @@ class IssueLinkRequest(BaseModel):
         "view"
     ]
     break_glass_justification: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class IssuedLink(BaseModel):
+    """A link: its study URL and DICOMweb root (the token inside both), id and expiry."""
+
+    url: str
+    dicomweb_root: str
+    link_id: str
+    expires_at: Annotated[int, Field(description="Unix time, seconds.")]
+    operations: list[Literal["view", "download"]]
 
 
 def subject_binding(principal: Principal) -> str:
@@ -143,6 +153,7 @@ def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
 
 @api_router.post(
     "",
+    response_model=IssuedLink,
     summary="Issue a short-lived link to one study",
     responses=error_responses(400, 401, 403, 404, 502, 503),
     openapi_extra=AUTHENTICATED,

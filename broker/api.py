@@ -8,10 +8,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.identity.dependencies import CurrentPrincipal
+from broker.opa import Reason
+from broker.openapi import AUTHENTICATED, error_responses
 from broker.policy import RequestContext
 from broker.state import state_of
 
-__all__ = ["DecisionRequest", "router"]
+__all__ = ["Caller", "DecisionAnswer", "DecisionRequest", "router"]
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -22,13 +24,42 @@ class DecisionRequest(BaseModel):
     """What the caller wants to know."""
 
     model_config = ConfigDict(extra="forbid")
-    study_uid: Annotated[str, Field(min_length=1, max_length=64)]
+    study_uid: Annotated[
+        str, Field(min_length=1, max_length=64, examples=["1.2.826.0.1.3680043.10.1119.1"])
+    ]
     action: Literal["issue_link", "redeem", "search"] = "issue_link"
     operations: Annotated[list[Operation], Field(min_length=1, max_length=4)] = ["view"]
     break_glass_justification: Annotated[str | None, Field(max_length=1000)] = None
 
 
-@router.get("/me", summary="Who the broker takes the caller to be")
+class Caller(BaseModel):
+    """Who the broker takes the caller to be."""
+
+    id: str
+    issuer: str
+    roles: list[str]
+    acr: str | None
+    amr: list[str]
+    via: Literal["bearer", "session"]
+    name: str | None
+
+
+class DecisionAnswer(BaseModel):
+    """The policy's decision (a denial is an answer too), as audited under ``decision_id``."""
+
+    allow: bool
+    reasons: list[Reason]
+    obligations: dict[str, Any]
+    decision_id: str | None
+
+
+@router.get(
+    "/me",
+    response_model=Caller,
+    summary="Who the broker takes the caller to be",
+    responses=error_responses(401),
+    openapi_extra=AUTHENTICATED,
+)
 async def me(principal: CurrentPrincipal) -> dict[str, Any]:
     return {
         "id": principal.id,
@@ -41,7 +72,14 @@ async def me(principal: CurrentPrincipal) -> dict[str, Any]:
     }
 
 
-@router.post("/decisions", summary="May I do this on that study, and if not, why")
+@router.post(
+    "/decisions",
+    response_model=DecisionAnswer,
+    summary="May I do this on that study, and if not, why",
+    # a denial is an answer (200, allow false); 403 only for a cross-site session request
+    responses=error_responses(400, 401, 403, 404, 502, 503),
+    openapi_extra=AUTHENTICATED,
+)
 async def decide(
     body: DecisionRequest, principal: CurrentPrincipal, request: Request
 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
 from broker.errors import install_error_handlers
-from broker.health import ReadinessChecker
+from broker.health import CheckReport, Readiness, ReadinessChecker
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
 from broker.identity.login import build_oauth
@@ -37,6 +37,7 @@ from broker.links.token import LinkCodec
 from broker.logs import configure_logging
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
+from broker.openapi import BrokerAPI
 from broker.pages.routes import router as pages_router
 from broker.pages.security import SecurityHeadersMiddleware
 from broker.pages.viewer import OhifFiles
@@ -172,12 +173,13 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                 await opa.close()
                 await audit_sink.close()
 
-    app = FastAPI(
+    app = BrokerAPI(
         title="telerad-broker",
         version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        session_cookie=settings.identity.session_cookie,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -215,18 +217,26 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/readyz", tags=["ops"], summary="Every dependency is reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Every dependency is reachable",
+        responses={
+            200: {"model": Readiness, "description": "Every dependency is reachable."},
+            503: {"model": Readiness, "description": "At least one dependency is not."},
+        },
+    )
     async def readyz(request: Request) -> JSONResponse:
         results = await state_of(request).readiness.run()
         ready = all(r.ready for r in results)
-        body = {
-            "status": "ready" if ready else "unready",
-            "checks": {
-                r.name: {"ready": r.ready, "detail": r.detail, "latency_ms": r.latency_ms}
+        body = Readiness(
+            status="ready" if ready else "unready",
+            checks={
+                r.name: CheckReport(ready=r.ready, detail=r.detail, latency_ms=r.latency_ms)
                 for r in results
             },
-        }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     if settings.viewer_dir is not None:
         app.mount("/", OhifFiles(settings.viewer_dir), name="viewer")  # last: only unmatched paths

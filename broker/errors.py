@@ -13,15 +13,18 @@ TeleradError                      500 internal_error (never carries internals to
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "BadRequest",
     "DependencyUnavailable",
+    "ErrorBody",
     "Forbidden",
     "Gone",
     "NotFound",
@@ -117,8 +120,23 @@ class UpstreamError(TeleradError):
     status_code, code, message = 502, "bad_gateway", "The image archive is unavailable."
 
 
-def _body(code: str, detail: str) -> dict[str, str]:
-    return {"error": code, "detail": detail}
+class ErrorBody(BaseModel):
+    """The one JSON body every error answers with (``login_url`` only on a session's step-up)."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: Annotated[str, Field(description="A stable code.", examples=["invalid_token"])]
+    detail: Annotated[str, Field(description="What happened, in a sentence for people.")]
+    login_url: Annotated[
+        str | None,
+        Field(
+            description="Where a browser session steps up (401 insufficient_user_authentication)."
+        ),
+    ] = None
+
+
+def _body(code: str, detail: str, login_url: str | None = None) -> dict[str, str]:
+    body = ErrorBody(error=code, detail=detail, login_url=login_url)
+    return body.model_dump(exclude_none=True)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -133,9 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
             and "text/html" in request.headers.get("accept", "")
         ):
             return RedirectResponse(exc.login_url, status_code=303)  # a browser: back to the IdP
-        body = _body(exc.code, exc.detail)
-        if isinstance(exc, StepUpRequired) and exc.login_url:
-            body["login_url"] = exc.login_url
+        login_url = exc.login_url if isinstance(exc, StepUpRequired) else None
+        body = _body(exc.code, exc.detail, login_url or None)
         return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:

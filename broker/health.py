@@ -6,15 +6,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
+from pydantic import BaseModel
 
 from broker.audit.kafka import cluster_brokers
 from broker.config import Settings
 from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
 
-__all__ = ["CheckResult", "ReadinessChecker"]
+__all__ = ["CheckReport", "CheckResult", "Readiness", "ReadinessChecker"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,21 @@ class CheckResult:
     ready: bool
     detail: str
     latency_ms: float
+
+
+class CheckReport(BaseModel):
+    """One check in the ``/readyz`` body."""
+
+    ready: bool
+    detail: str
+    latency_ms: float
+
+
+class Readiness(BaseModel):
+    """The ``/readyz`` body (200 when ready, 503 when not: the same shape either way)."""
+
+    status: Literal["ready", "unready"]
+    checks: dict[str, CheckReport]
 
 
 class ReadinessChecker:

@@ -19,16 +19,18 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from broker.audit import AuditEvent, EventKind, Outcome
 from broker.config import IssuerSettings
-from broker.errors import BadRequest
+from broker.errors import BadRequest, DependencyUnavailable
 from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, string_list
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META
+from broker.openapi import error_responses, redirect_response
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
@@ -39,6 +41,7 @@ log = logging.getLogger("telerad.identity")
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 _BCL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+_IDP_UNAVAILABLE = "The identity provider could not be reached; please try again."
 
 
 def build_oauth(issuers: list[IssuerSettings], scopes: str) -> OAuth:
@@ -117,7 +120,15 @@ def _failure_page(status: int, message: str) -> HTMLResponse:
     return HTMLResponse(body, status_code=status)
 
 
-@router.get("/login", summary="Start a browser login at the named IdP")
+@router.get(
+    "/login",
+    summary="Start a browser login at the named IdP",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        400, 503, also={302: redirect_response("To the IdP's authorization endpoint.")}
+    ),
+)
 async def login(
     request: Request,
     idp: str | None = None,
@@ -139,11 +150,29 @@ async def login(
         extra["max_age"] = max_age
     redirect_uri = f"{str(state.settings.public_url).rstrip('/')}/auth/callback"
     request.session["idp"] = name
-    response: Response = await client.authorize_redirect(request, redirect_uri, **extra)
+    try:
+        response: Response = await client.authorize_redirect(request, redirect_uri, **extra)
+    except (httpx.HTTPError, ValueError) as exc:  # its discovery document: unreachable or garbage
+        raise DependencyUnavailable(_IDP_UNAVAILABLE) from exc
     return response
 
 
-@router.get("/callback", summary="The IdP's redirect back after login")
+@router.get(
+    "/callback",
+    summary="The IdP's redirect back after login",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        503,
+        also={
+            303: redirect_response("Signed in: back to where the login started."),
+            400: {
+                "description": "The login failed (a page saying so).",
+                "content": {"text/html": {}},
+            },
+        },
+    ),
+)
 async def callback(request: Request) -> Response:
     state = state_of(request)
     name = request.session.get("idp")
@@ -162,6 +191,8 @@ async def callback(request: Request) -> Response:
     try:
         token = await client.authorize_access_token(request)
         principal = await state.bearer.validate(token["access_token"])
+    except httpx.HTTPError as exc:  # the IdP's token endpoint: an outage, not a failed login
+        raise DependencyUnavailable(_IDP_UNAVAILABLE) from exc
     except (OAuthError, TokenRejected, KeyError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "error", None) or "login_failed"
         log.warning("login failed", extra={"idp": name, "reason": str(reason)})
@@ -211,7 +242,19 @@ def _merge_id_token(principal: Principal, userinfo: dict[str, Any]) -> Principal
     )
 
 
-@router.get("/logout", summary="End the session here and at the IdP")
+@router.get(
+    "/logout",
+    summary="End the session here and at the IdP",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        503,
+        also={
+            302: redirect_response("Signed out here: on to the IdP's end-session endpoint."),
+            303: redirect_response("Signed out (or never signed in): to the start page."),
+        },
+    ),
+)
 async def logout(request: Request) -> Response:
     state = state_of(request)
     principal = principal_from_session(request)
@@ -240,18 +283,45 @@ async def logout(request: Request) -> Response:
     client = state.oauth.create_client(issuer.label) if issuer else None
     if client is None:
         return RedirectResponse("/", status_code=303)
-    metadata = await client.load_server_metadata()
-    if not metadata.get("end_session_endpoint"):
-        return RedirectResponse("/", status_code=303)
-    response: Response = await client.logout_redirect(
-        request,
-        post_logout_redirect_uri=f"{str(state.settings.public_url).rstrip('/')}/",
-        client_id=issuer.client_id if issuer else None,
-    )
+    try:
+        metadata = await client.load_server_metadata()
+        if not metadata.get("end_session_endpoint"):
+            return RedirectResponse("/", status_code=303)
+        response: Response = await client.logout_redirect(
+            request,
+            post_logout_redirect_uri=f"{str(state.settings.public_url).rstrip('/')}/",
+            client_id=issuer.client_id if issuer else None,
+        )
+    except (httpx.HTTPError, ValueError) as exc:
+        # signed out here already; say that the IdP's own session may still be alive
+        raise DependencyUnavailable(
+            "Signed out here, but the identity provider could not be reached to end its session."
+        ) from exc
     return response
 
 
-@router.post("/backchannel-logout", summary="OIDC Back-Channel Logout from the IdP")
+@router.post(
+    "/backchannel-logout",
+    summary="OIDC Back-Channel Logout from the IdP",
+    response_class=Response,
+    responses=error_responses(
+        400, 503, also={200: {"description": "The sessions the token names are revoked."}}
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"logout_token": {"type": "string", "minLength": 1}},
+                        "required": ["logout_token"],
+                    }
+                }
+            },
+        }
+    },
+)
 async def backchannel_logout(request: Request) -> Response:
     state = state_of(request)
     async with request.form(max_files=0, max_fields=4) as form:

@@ -38,27 +38,58 @@ from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
 from broker.opa import Decision
+from broker.openapi import AUTHENTICATED, error_responses, redirect_response
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
 
-__all__ = ["IssueLinkRequest", "api_router", "redeem_router", "subject_binding"]
+__all__ = ["IssueLinkRequest", "IssuedLink", "api_router", "redeem_router", "subject_binding"]
 
 api_router = APIRouter(prefix="/api/links", tags=["links"])
 redeem_router = APIRouter(prefix="/links", tags=["links"])
 
 _MAX_TTL = 3600  # seconds; a policy obligation above this is clamped
+_JSON_ARRAY = {"schema": {"type": "array", "items": {"type": "object"}}}
+_BYTES = {"schema": {"type": "string", "format": "binary"}}
+# What redemption answers besides its own errors: the PACS's answers, passed on.
+_REDEEM_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The PACS's answer, streamed (DICOM JSON with its URLs rewritten).",
+        "content": {
+            "application/dicom+json": _JSON_ARRAY,
+            "application/json": _JSON_ARRAY,
+            "multipart/related": _BYTES,
+            "application/octet-stream": _BYTES,
+            "image/*": _BYTES,
+        },
+    },
+    204: {"description": "The PACS has nothing to answer."},
+    303: redirect_response("A browser session must step up: to the IdP's login."),
+    406: {"description": "The PACS cannot answer in a media type the Accept header names."},
+}
 
 
 class IssueLinkRequest(BaseModel):
     """A link for one study, for the operations wanted."""
 
     model_config = ConfigDict(extra="forbid")
-    study_uid: Annotated[str, Field(min_length=1, max_length=64)]
+    study_uid: Annotated[
+        str, Field(min_length=1, max_length=64, examples=["1.2.826.0.1.3680043.10.1119.1"])
+    ]
     operations: Annotated[list[Literal["view", "download"]], Field(min_length=1, max_length=2)] = [
         "view"
     ]
     break_glass_justification: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class IssuedLink(BaseModel):
+    """A link: its study URL and DICOMweb root (the token inside both), id and expiry."""
+
+    url: str
+    dicomweb_root: str
+    link_id: str
+    expires_at: Annotated[int, Field(description="Unix time, seconds.")]
+    operations: list[Literal["view", "download"]]
 
 
 def subject_binding(principal: Principal) -> str:
@@ -120,7 +151,13 @@ def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
     raise Forbidden("The policy does not allow this: " + ", ".join(codes), reasons=tuple(codes))
 
 
-@api_router.post("", summary="Issue a short-lived link to one study")
+@api_router.post(
+    "",
+    response_model=IssuedLink,
+    summary="Issue a short-lived link to one study",
+    responses=error_responses(400, 401, 403, 404, 502, 503),
+    openapi_extra=AUTHENTICATED,
+)
 async def issue_link(
     body: IssueLinkRequest, principal: CurrentPrincipal, request: Request
 ) -> dict[str, Any]:
@@ -182,7 +219,14 @@ async def issue_link(
     }
 
 
-@api_router.post("/{link_id}/revoke", summary="Revoke one of your own links", status_code=204)
+@api_router.post(
+    "/{link_id}/revoke",
+    summary="Revoke one of your own links",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 503),
+    openapi_extra=AUTHENTICATED,
+)
 async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Request) -> Response:
     state = state_of(request)
     if not (0 < len(link_id) <= 64):
@@ -208,7 +252,13 @@ async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Reques
     return Response(status_code=204)
 
 
-@redeem_router.get("/{token}/dicom-web/{path:path}", summary="DICOMweb below the linked study")
+@redeem_router.get(
+    "/{token}/dicom-web/{path:path}",
+    summary="DICOMweb below the linked study",
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 410, 502, 503, also=_REDEEM_ANSWERS),
+    openapi_extra=AUTHENTICATED,
+)
 async def redeem(token: str, path: str, request: Request) -> Response:
     state = state_of(request)
     context = RequestContext.of(request)

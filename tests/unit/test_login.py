@@ -1,0 +1,61 @@
+"""The browser login's routes when the IdP is out of reach: a 503 with the error body, not a 500.
+
+authlib fetches the IdP's discovery document on the first login or logout, and calls its token
+endpoint on the way back; each of those failed with an unhandled ``httpx`` error before.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from broker.revocation import RevocationKind
+from tests.unit.fake_broker import fake_broker
+
+
+class TestLogin:
+    async def test_idp_unreachable_503s(self) -> None:
+        broker = fake_broker()
+        broker.idp.down = True
+        async with broker.client() as client:
+            r = await client.get("/auth/login")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "dependency_unavailable"
+
+    async def test_redirects_to_the_idp(self) -> None:
+        broker = fake_broker()
+        async with broker.client() as client:
+            r = await client.get("/auth/login")
+        assert r.status_code == 302, r.text
+        assert r.headers["location"].startswith("https://idp.test/realms/a/auth?")
+
+
+class TestCallback:
+    async def test_token_endpoint_unreachable_503s(self) -> None:
+        broker = fake_broker()
+        async with broker.client() as client:
+            r = await client.get("/auth/login")
+            state = parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
+            broker.idp.down = True
+            r = await client.get("/auth/callback", params={"code": "c", "state": state})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "dependency_unavailable"
+
+
+class TestLogout:
+    async def test_idp_unreachable_503s_once_signed_out_here(self) -> None:
+        broker = fake_broker()
+        broker.idp.down = True
+        async with broker.client() as client:
+            client.cookies.update(broker.session(sid="sid-7"))
+            r = await client.get("/auth/logout")
+        assert r.status_code == 503, r.text
+        assert "Signed out here" in r.json()["detail"]
+        assert broker.state.revocations.is_revoked(RevocationKind.SESSION, "sid-7")
+
+    async def test_goes_on_to_the_idps_end_session_endpoint(self) -> None:
+        broker = fake_broker()
+        async with broker.client() as client:
+            client.cookies.update(broker.session())
+            r = await client.get("/auth/logout")
+        assert r.status_code == 302, r.text
+        assert r.headers["location"].startswith("https://idp.test/realms/a/logout?")

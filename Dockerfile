@@ -25,6 +25,12 @@ RUN pip wheel --wheel-dir /wheels . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
  && /opt/venv/bin/telerad --help > /dev/null
 
+# ---- viewer: the pinned OHIF package from the npm registry, checked (sha512) and unpacked ------
+FROM python:3.11.13-slim-bookworm AS viewer
+ARG NPM_REGISTRY=https://registry.npmjs.org
+COPY broker/pages/ohif_package.py /ohif_package.py
+RUN NPM_REGISTRY="$NPM_REGISTRY" python /ohif_package.py /opt/telerad/viewer
+
 # ---- runtime: the venv on a clean base, as a non-root user -------------------------------------
 FROM python:3.11.13-slim-bookworm AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
@@ -35,6 +41,8 @@ RUN groupadd --system --gid 10001 telerad \
         --shell /usr/sbin/nologin telerad \
  && python -m pip uninstall --yes pip setuptools wheel
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=viewer /opt/telerad/viewer /opt/telerad/viewer
+ENV TELERAD_VIEWER_DIR=/opt/telerad/viewer
 # Nothing is written here: the chart mounts the volumes and a tmpfs /tmp (read-only root).
 WORKDIR /var/lib/telerad
 USER 10001:10001

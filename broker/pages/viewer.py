@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from broker.errors import DependencyUnavailable, Forbidden, Gone, NotFound
 from broker.links.endpoints import _bound_to as bound_to
 from broker.links.token import LinkInvalid
+from broker.pages.ohif_package import NEVER_SERVED
 from broker.pages.routes import _principal, _sign_in, render_refusal
 from broker.pages.security import origin_of, page_csp
 from broker.revocation import RevocationKind
@@ -79,9 +80,7 @@ APP_CONFIG = """\
 })();
 """
 # Never served from the bundle: the unconfigured entry page and any service worker (no PHI cache).
-_WITHHELD = frozenset(
-    {"index.html", "sw.js", "service-worker.js", "init-service-worker.js", "app-config.js"}
-)
+_WITHHELD = NEVER_SERVED | {"index.html"}
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
 
 

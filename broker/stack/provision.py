@@ -8,19 +8,23 @@ Central, the OHIF viewer's prebuilt ``dist/`` from npm, Orthanc and Chromium fro
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from broker.pages.ohif_package import (
+    OHIF_INTEGRITY,
+    OHIF_VERSION,
+    PackageError,
+    integrity_of,
+    unpack_dist,
+)
 from broker.stack._procs import progress
 
 __all__ = [
@@ -47,14 +51,6 @@ REGAL_VERSION = "v0.39.0"
 HELM_VERSION = "v3.19.0"
 KAFKA_VERSION = "4.1.1"
 KEYCLOAK_VERSION = "26.4.7"
-# The OHIF viewer as npm publishes it (the tarball carries the prebuilt ``dist/``), and the
-# tarball's integrity as the registry lists it (``npm view @ohif/app@<v> dist.integrity``).
-OHIF_VERSION = "3.13.2"
-OHIF_INTEGRITY = (
-    "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5P"
-    "Pe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
-)
-
 # name -> (module, package inside the module, version, version-stamping ldflags variable)
 _GO_TOOLS: dict[str, tuple[str, str, str, str | None]] = {
     "opa": ("github.com/open-policy-agent/opa", ".", OPA_VERSION, None),
@@ -198,7 +194,7 @@ def keycloak_home() -> Path:
     staging = home.with_name(home.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(archive) as zf:
-        zf.extractall(staging)  # noqa: S202 (a zip; zipfile drops absolute and '..' parts)
+        zf.extractall(staging)
     (inner,) = [p for p in staging.iterdir() if p.is_dir()]
     shutil.rmtree(home, ignore_errors=True)
     inner.rename(home)
@@ -255,9 +251,9 @@ def chromium_binary() -> Path:
 def ohif_dist(cache: Path | None = None) -> Path:
     """The OHIF viewer's prebuilt ``dist/`` from the pinned npm tarball, unpacked in the cache.
 
-    The tarball is fetched with ``npm pack`` (so the user's npm registry settings apply), its
-    sha512 is checked against :data:`OHIF_INTEGRITY`, and only ``package/dist/`` is extracted
-    to ``<cache>/ohif-<version>/dist``.
+    The tarball is fetched with ``npm pack`` (so the user's npm registry settings apply), then
+    checked and unpacked by :mod:`broker.pages.ohif_package` (the image build does the same)
+    into ``<cache>/ohif-<version>/dist``.
     """
     root = cache if cache is not None else cache_dir()
     home = root / f"ohif-{OHIF_VERSION}"
@@ -268,7 +264,7 @@ def ohif_dist(cache: Path | None = None) -> Path:
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"ohif-app-{OHIF_VERSION}.tgz"
-    if not archive.exists() or _npm_integrity(archive) != OHIF_INTEGRITY:
+    if not archive.exists() or integrity_of(archive) != OHIF_INTEGRITY:
         if shutil.which("npm") is None:
             raise ProvisionError("OHIF: npm is needed to fetch the viewer and is not on PATH")
         archive.unlink(missing_ok=True)
@@ -285,51 +281,15 @@ def ohif_dist(cache: Path | None = None) -> Path:
         )
         if not archive.exists():
             raise ProvisionError(f"OHIF: npm pack did not write {archive}")
-    found = _npm_integrity(archive)
-    if found != OHIF_INTEGRITY:
+    progress(f"checking and unpacking the viewer's dist/ from {archive.name}")
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        unpack_dist(archive, dist)
+    except PackageError as exc:
         archive.unlink(missing_ok=True)
-        raise ProvisionError(
-            f"OHIF: {archive.name} has integrity {found}, expected the pinned {OHIF_INTEGRITY}"
-        )
-    progress(f"unpacking the viewer's dist/ from {archive.name}")
-    staging = home.with_name(home.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    _extract_dist(archive, staging / "dist")
-    if not (staging / "dist" / "index.html").exists():
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ProvisionError(f"OHIF: {archive.name} has no package/dist/index.html")
-    shutil.rmtree(home, ignore_errors=True)
-    staging.rename(home)
+        raise ProvisionError(f"OHIF: {exc}") from None
     marker.touch()
     return dist
-
-
-def _npm_integrity(path: Path) -> str:
-    """The npm ``integrity`` string (Subresource Integrity, sha512) of a file."""
-    digest = hashlib.sha512()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return "sha512-" + base64.b64encode(digest.digest()).decode("ascii")
-
-
-def _extract_dist(archive: Path, target: Path) -> None:
-    """Extract the regular files under ``package/dist/`` of an npm tarball into ``target``."""
-    prefix = "package/dist/"
-    with tarfile.open(archive, "r:gz") as tf:
-        for member in tf:
-            if not member.isfile() or not member.name.startswith(prefix):
-                continue
-            relative = Path(member.name[len(prefix) :])
-            if relative.is_absolute() or ".." in relative.parts:
-                raise ProvisionError(f"OHIF: unsafe path in the tarball: {member.name}")
-            source = tf.extractfile(member)
-            if source is None:
-                continue
-            destination = target / relative
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with source, destination.open("wb") as out:
-                shutil.copyfileobj(source, out)
 
 
 def orthanc_dicomweb_plugin() -> Path:

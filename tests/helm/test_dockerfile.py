@@ -65,7 +65,7 @@ FINAL = STAGES[-1]
 class TestDockerfile:
     def test_multi_stage(self) -> None:
         assert len(STAGES) >= 2
-        assert [s.name for s in STAGES] == ["builder", "runtime"]
+        assert [s.name for s in STAGES] == ["builder", "viewer", "runtime"]
 
     @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
     def test_base_image_is_pinned_slim_python_311(self, stage: Stage) -> None:
@@ -90,7 +90,16 @@ class TestDockerfile:
             assert not _BUILD_TOOLS.search(run), run
             assert "pip install" not in run and "pip wheel" not in run, run
         copies = FINAL.all("COPY")
-        assert copies == ["--from=builder /opt/venv /opt/venv"], copies
+        assert copies == [
+            "--from=builder /opt/venv /opt/venv",
+            "--from=viewer /opt/telerad/viewer /opt/telerad/viewer",
+        ], copies
+
+    def test_the_viewer_is_the_pinned_package_checked_at_build(self) -> None:
+        viewer = next(s for s in STAGES if s.name == "viewer")
+        assert viewer.all("COPY") == ["broker/pages/ohif_package.py /ohif_package.py"]
+        assert any("python /ohif_package.py /opt/telerad/viewer" in r for r in viewer.all("RUN"))
+        assert "TELERAD_VIEWER_DIR=/opt/telerad/viewer" in FINAL.all("ENV")
 
     def test_no_remote_add_and_no_secrets(self) -> None:
         for stage in STAGES:

@@ -324,3 +324,30 @@ def test_an_expired_link_shows_the_expiry_page(reading_room: ReadingRoom) -> Non
         room.shot(page, "expired-link")
     finally:
         context.close()
+
+
+def test_an_expired_session_goes_through_sign_in_back_to_the_study(
+    reading_room: ReadingRoom,
+) -> None:
+    room = reading_room
+    context, page, _ = room.new_page()
+    uid = STUDY["stolaf-ct-chest"].study_uid
+    try:
+        sign_in(room, page, "ada")
+        session_cookie = room.live.app.state.telerad.settings.identity.session_cookie
+        assert any(c["name"] == session_cookie for c in context.cookies())
+        context.clear_cookies(name=session_cookie)  # the broker's session is gone, the IdP's not
+        page.goto(f"{room.live.url}/studies/{uid}")
+        page.get_by_role("link", name="Sign in with hospital-a").click()
+        page.wait_for_url(f"{room.live.url}/studies/{uid}")  # the IdP's session signs her in
+        assert page.get_by_role("heading", name="stolaf-ct-chest").count()
+
+        page.get_by_role("link", name="Sign out").click()
+        # Keycloak asks whether to end its own session too (no id_token_hint is kept), then
+        # comes back to the broker's home page
+        page.locator("#kc-logout").click()
+        page.wait_for_url(re.compile(rf"{re.escape(room.live.url)}/(\?state=.*)?"))
+        assert page.get_by_role("link", name="Sign in with hospital-a").is_visible()
+        assert not any(c["name"] == session_cookie for c in context.cookies())
+    finally:
+        context.close()

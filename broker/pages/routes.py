@@ -115,6 +115,7 @@ def render_refusal(
     """The page for a refusal: what happened, in words, and what the reader can do."""
     kind = {
         400: "bad_request",
+        401: "sign_in",
         403: "forbidden",
         404: "not_found",
         410: "gone",
@@ -123,7 +124,7 @@ def render_refusal(
     }.get(exc.status_code, "error")
     codes = exc.reasons if isinstance(exc, Forbidden) else ()
     words = [REASON_WORDS.get(code, code.replace("_", " ")) for code in codes]
-    status = exc.status_code if exc.status_code in (400, 403, 404, 410, 502, 503) else 500
+    status = exc.status_code if exc.status_code in (400, 401, 403, 404, 410, 502, 503) else 500
     return render(
         request,
         "refusal.html",

@@ -174,3 +174,34 @@ async def test_an_expired_link_shows_the_expiry_page(ohif_dist: Path, broker: Br
     assert page.status_code == 410 and "This link has expired" in page.text
     bad = await broker.client.get(f"{broker.url}/read/{'A' * 40}/viewer")
     assert bad.status_code == 404 and "Not found" in bad.text
+
+
+@pytest.fixture
+def opa_down(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing answers where the broker looks for OPA (requested before ``broker``)."""
+    from broker.stack._procs import free_port
+
+    monkeypatch.setenv("TELERAD_OPA__URL", f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+def pacs_down(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing answers where the broker looks for the PACS (requested before ``broker``)."""
+    from broker.stack._procs import free_port
+
+    monkeypatch.setenv("TELERAD_PACS__URL", f"http://127.0.0.1:{free_port()}/dicom-web")
+
+
+async def test_policy_down_is_a_503_page_and_nothing_is_listed(
+    opa_down: None, broker: Broker
+) -> None:
+    page = await sign_in(broker, "ada")
+    assert page.status_code == 503, page.text[:500]
+    assert "Temporarily unavailable" in page.text and "nothing can be granted" in page.text
+    assert "data-study-uid" not in page.text
+
+
+async def test_pacs_down_is_a_502_page(pacs_down: None, broker: Broker) -> None:
+    page = await sign_in(broker, "ada")
+    assert page.status_code == 502, page.text[:500]
+    assert "The image archive is not answering" in page.text

@@ -12,6 +12,8 @@ import time
 
 import httpx
 
+from broker.links.token import LinkClaims
+
 # Dev-only values from broker/stack/resources/keycloak/*.json.
 PASSWORD = "dev-password"
 API_SECRETS = {"hospital-a": "dev-api-secret-a", "hospital-b": "dev-api-secret-b"}
@@ -102,3 +104,17 @@ def keycloak_admin(base_url: str) -> dict[str, str]:
     )
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def expired_link(study_uid: str, subject: str = "npi:1000000001") -> LinkClaims:
+    """The claims of a link to ``study_uid`` that expired a second ago (seal them to use them)."""
+    now = int(time.time())
+    return LinkClaims(
+        subject=subject,
+        issuer="x",
+        study_uid=study_uid,
+        operations=("view",),
+        expires_at=now - 1,
+        issued_at=now - 600,
+        binding={"sid": "s"},
+    )

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from broker.links.token import LinkClaims
 from broker.stack.samples import sample_studies
 from tests.integration.conftest import Broker
-from tests.integration.helpers import browser_login
+from tests.integration.helpers import browser_login, expired_link
 
 pytestmark = pytest.mark.integration
 
@@ -160,16 +158,7 @@ async def test_the_viewer_opens_only_for_the_link_holder(ohif_dist: Path, broker
 async def test_an_expired_link_shows_the_expiry_page(ohif_dist: Path, broker: Broker) -> None:
     await sign_in(broker, "ada")
     state = broker.app.state.telerad
-    now = int(time.time())
-    expired = LinkClaims(
-        subject="npi:1000000001",
-        issuer="x",
-        study_uid=STUDY["stolaf-ct-chest"].study_uid,
-        operations=("view",),
-        expires_at=now - 1,
-        issued_at=now - 600,
-        binding={"sid": "s"},
-    )
+    expired = expired_link(STUDY["stolaf-ct-chest"].study_uid)
     page = await broker.client.get(f"{broker.url}/read/{state.links.seal(expired)}/viewer")
     assert page.status_code == 410 and "This link has expired" in page.text
     bad = await broker.client.get(f"{broker.url}/read/{'A' * 40}/viewer")

@@ -25,12 +25,11 @@ from kafka import KafkaConsumer
 
 from broker.audit.cloudevents import from_record
 from broker.config import Settings
-from broker.links.token import LinkClaims
 from broker.stack import provision
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import EVE_TOTP_BASE32, PASSWORD, totp
+from tests.integration.helpers import EVE_TOTP_BASE32, PASSWORD, expired_link, totp
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -307,16 +306,7 @@ def test_an_expired_link_shows_the_expiry_page(reading_room: ReadingRoom) -> Non
     context, page, _ = room.new_page()
     try:
         sign_in(room, page, "ada")
-        now = int(time.time())
-        expired = LinkClaims(
-            subject="npi:1000000001",
-            issuer="x",
-            study_uid=STUDY["stolaf-ct-chest"].study_uid,
-            operations=("view",),
-            expires_at=now - 1,
-            issued_at=now - 600,
-            binding={"sid": "s"},
-        )
+        expired = expired_link(STUDY["stolaf-ct-chest"].study_uid)
         token = room.live.app.state.telerad.links.seal(expired)
         answer = page.goto(f"{room.live.url}/read/{token}/viewer")
         assert answer is not None and answer.status == 410

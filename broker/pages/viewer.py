@@ -2,6 +2,7 @@
 
     GET /read/{token}/{route}     OHIF's page, once the link opens, is live and is the reader's
     GET /app-config.js            OHIF's configuration, derived from the page's own path
+    GET /init-service-worker.js   no service worker (any earlier one on this origin removed)
     GET /<file of OHIF's dist>    OHIF's bundle (index.html and any service worker excepted)
 
 The page's path carries the link (``/read/<token>/viewer?StudyInstanceUIDs=<uid>``), never a
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from broker.errors import DependencyUnavailable, Forbidden, Gone, NotFound
 from broker.links.endpoints import _bound_to as bound_to
@@ -102,6 +104,24 @@ def _viewer_csp(request: Request, index: bytes) -> str:
     )
 
 
+# In place of OHIF's registration script: no service worker here (nothing of a study is cached on
+# the workstation), and one left on this origin from before is removed.
+NO_SERVICE_WORKER = """\
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.getRegistrations().then(function (registrations) {
+    registrations.forEach(function (registration) { registration.unregister(); });
+  });
+}
+"""
+
+
+@router.get("/init-service-worker.js")
+async def no_service_worker() -> Response:
+    return Response(
+        NO_SERVICE_WORKER, media_type="text/javascript", headers={"Cache-Control": "no-store"}
+    )
+
+
 @router.get("/app-config.js")
 async def app_config() -> Response:
     return Response(
@@ -146,6 +166,24 @@ async def read(request: Request, token: str, route: str) -> Response:
     )
 
 
+# The policy a script of the bundle runs under when it is started as a worker (a worker takes the
+# CSP of its own script's response; a script the page loads ignores it). OHIF's workers import
+# chunks, compile their codecs to WebAssembly and fetch the .wasm and DICOMweb from this origin.
+# The image decode worker's codecs (Emscripten embind: JPEG 2000, JPEG-LS, JPEG) build functions
+# from strings, so workers, and only workers, may eval; they have no DOM and reach this origin only.
+WORKER_CSP = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval'",
+        "connect-src 'self'",
+        "worker-src 'self' blob:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
 class OhifFiles(StaticFiles):
     """OHIF's bundle, minus what must come from the broker or must never exist (see above)."""
 
@@ -157,4 +195,13 @@ class OhifFiles(StaticFiles):
         if name in _WITHHELD or name.startswith("."):
             await Response(status_code=404)(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        if not name.endswith(".js"):
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_with_worker_csp(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Content-Security-Policy"] = WORKER_CSP
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_worker_csp)

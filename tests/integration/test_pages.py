@@ -145,6 +145,8 @@ async def test_the_viewer_opens_only_for_the_link_holder(ohif_dist: Path, broker
     assert config.status_code == 200 and "showStudyList: false" in config.text
     assert (await broker.client.get(f"{broker.url}/app.bundle.js")).status_code == 200
     assert (await broker.client.get(f"{broker.url}/sw.js")).status_code == 404
+    no_sw = await broker.client.get(f"{broker.url}/init-service-worker.js")
+    assert no_sw.status_code == 200 and "unregister()" in no_sw.text
     assert (await broker.client.get(f"{broker.url}/index.html")).status_code == 404
 
     broker.client.cookies.clear()

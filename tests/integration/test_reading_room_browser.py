@@ -81,9 +81,12 @@ class NetworkLog:
     dicomweb: list[tuple[str, int]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     csp_violations: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # any answer >= 400, script errors
 
     def attach(self, page: Any) -> None:
         def on_response(response: Any) -> None:
+            if response.status >= 400:
+                self.errors.append(f"{response.status} {response.url}")
             if "/dicom-web" in response.url:
                 self.dicomweb.append((response.url, response.status))
                 if response.status >= 400:
@@ -100,6 +103,7 @@ class NetworkLog:
         page.on("response", on_response)
         page.on("requestfailed", on_failed)
         page.on("console", on_console)
+        page.on("pageerror", lambda error: self.errors.append(f"script error: {error}"))
 
 
 @dataclass
@@ -241,6 +245,7 @@ def test_ada_reads_her_study_in_ohif_and_the_access_is_audited(
         assert log.dicomweb, "OHIF made no DICOMweb request"
         assert not log.failed, log.failed
         assert not log.csp_violations, log.csp_violations
+        assert not log.errors, log.errors
         assert not page.get_by_text("Scrolling Through Images").count()  # no onboarding tour
         assert all("/links/" in url for url, _ in log.dicomweb)  # never the PACS itself
         missing = page.get_by_text("One or more of the requested studies are not available")
@@ -297,6 +302,7 @@ def test_eve_steps_up_with_a_one_time_code_and_reads_the_vip_study(
         wait_for_image(page)
         page.wait_for_load_state("networkidle")
         assert log.dicomweb and not log.failed, log.failed
+        assert not log.csp_violations and not log.errors, (log.csp_violations, log.errors)
     finally:
         context.close()
 
@@ -339,5 +345,22 @@ def test_an_expired_session_goes_through_sign_in_back_to_the_study(
         page.wait_for_url(re.compile(rf"{re.escape(room.live.url)}/(\?state=.*)?"))
         assert page.get_by_role("link", name="Sign in with hospital-a").is_visible()
         assert not any(c["name"] == session_cookie for c in context.cookies())
+    finally:
+        context.close()
+
+
+def test_a_jpeg2000_study_decodes_in_the_viewer(reading_room: ReadingRoom) -> None:
+    room = reading_room
+    context, page, log = room.new_page()
+    uid = STUDY["stolaf-mr-j2k"].study_uid
+    try:
+        sign_in(room, page, "ada")
+        open_from_worklist(page, uid)
+        wait_for_image(page)
+        page.wait_for_load_state("networkidle")
+        room.shot(page, "viewer-jpeg2000")
+        assert log.dicomweb and not log.failed, log.failed
+        assert not log.csp_violations, log.csp_violations
+        assert not log.errors, log.errors
     finally:
         context.close()

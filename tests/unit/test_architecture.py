@@ -28,6 +28,7 @@ PUBLIC = {
     "/auth/logout",
     "/auth/backchannel-logout",
     "/app-config.js",  # the viewer's configuration: static code, no data
+    "/init-service-worker.js",  # unregisters service workers: static code, no data
     "/studies/lookup",  # a redirect to a study's page, which authenticates
 }
 # The reading room's pages authenticate inside too: signed out, they answer with the sign-in

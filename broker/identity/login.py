@@ -29,7 +29,7 @@ from broker.errors import BadRequest, DependencyUnavailable
 from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, string_list
 from broker.identity.principal import Principal
-from broker.identity.sessions import SESSION_META
+from broker.identity.sessions import SESSION_META, session_fits
 from broker.openapi import error_responses, redirect_response
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
@@ -212,6 +212,26 @@ async def callback(request: Request) -> Response:
     request.session.clear()
     request.scope[SESSION_META] = None  # a fresh session id at login: no session fixation
     request.session["principal"] = session_principal_dict(principal)
+    if not session_fits(request.scope):
+        request.session.clear()
+        log.warning("login refused: the identity is too large for a session", extra={"idp": name})
+        await state.audit.emit(
+            AuditEvent(
+                kind=EventKind.LOGIN_FAILED,
+                outcome=Outcome.FAILURE,
+                subject=principal.id,
+                issuer=principal.issuer,
+                reasons=["session_too_large"],
+                detail={"idp": name, "roles": len(principal.roles)},
+                **audit_base,
+            )
+        )
+        return _failure_page(
+            400,
+            "Your sign-in carries more than a browser session can hold (too many roles, "
+            "licences or privileges from the identity provider). Ask the hospital's IT to "
+            "send fewer claims to this broker.",
+        )
     await state.audit.emit(
         AuditEvent(
             kind=EventKind.LOGIN,

@@ -10,6 +10,7 @@ A session is revoked by id (logout) or by its IdP session (back-channel logout).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -22,9 +23,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from broker.crypto import KeyRing, SealError
 from broker.revocation import RevocationKind, Revocations
 
-__all__ = ["SESSION_META", "EncryptedSessionMiddleware"]
+__all__ = ["SESSION_META", "EncryptedSessionMiddleware", "session_fits"]
 
 SESSION_META = "_telerad"  # scope key holding {"sid", "created", "seen"}
+_FITS = "_telerad_session_fits"  # scope key: can this session data be sealed into the cookie?
+log = logging.getLogger("telerad.sessions")
+
+
+def session_fits(scope: Scope) -> bool:
+    """Whether the request's session data, as it is now, fits in the session cookie."""
+    check = scope.get(_FITS)
+    return bool(check(scope["session"])) if check is not None else True
+
+
 _MAX_COOKIE = 3800  # bytes; browsers keep 4096 per cookie, headers included
 _TOUCH_EVERY = 60  # seconds between cookie refreshes that only move "seen"
 
@@ -90,6 +101,7 @@ class EncryptedSessionMiddleware:
         before = json.dumps(data, sort_keys=True)
         scope["session"] = data
         scope[SESSION_META] = meta
+        scope[_FITS] = self._fits
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -115,11 +127,22 @@ class EncryptedSessionMiddleware:
         elif not changed and now - meta["seen"] < _TOUCH_EVERY:
             return
         meta = {k: meta[k] for k in ("sid", "created")} | {"seen": int(now)}
-        sealed = self._ring.seal(json.dumps({"m": meta, "d": data}).encode(), purpose="session")
+        sealed = self._seal(meta, data)
         if len(sealed) > _MAX_COOKIE:
-            raise ValueError("session data too large for a cookie")
+            # the routes that fill a session check first (session_fits); never a broken answer
+            log.error("session data too large for a cookie: the session is not kept")
+            if had_cookie:
+                headers.append("Set-Cookie", self._cookie_header("", max_age=0))
+            return
         remaining = int(meta["created"] + self._absolute - now)
         headers.append("Set-Cookie", self._cookie_header(sealed, max_age=max(remaining, 0)))
+
+    def _seal(self, meta: dict[str, Any], data: dict[str, Any]) -> str:
+        return self._ring.seal(json.dumps({"m": meta, "d": data}).encode(), purpose="session")
+
+    def _fits(self, data: dict[str, Any]) -> bool:
+        probe = {"sid": "x" * 22, "created": int(self._clock()), "seen": int(self._clock())}
+        return len(self._seal(probe, data)) <= _MAX_COOKIE
 
     def _cookie_header(self, value: str, *, max_age: int) -> str:
         parts = [

@@ -56,6 +56,7 @@ class FakeIdp:
     def __init__(self) -> None:
         self.key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig"})
         self.down = False
+        self.login_claims: dict[str, Any] = {}  # what the token endpoint's access token carries
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         if self.down:
@@ -73,6 +74,9 @@ class FakeIdp:
             )
         if request.url.path.endswith("/certs"):
             return httpx.Response(200, json=KeySet([self.key]).as_dict(private=False))
+        if request.url.path.endswith("/token") and request.method == "POST":
+            token = self.token(**self.login_claims)
+            return httpx.Response(200, json={"access_token": token, "token_type": "Bearer"})
         return httpx.Response(404)
 
     def token(self, **overrides: Any) -> str:

@@ -40,6 +40,25 @@ class TestCallback:
         assert r.status_code == 503, r.text
         assert r.json()["error"] == "dependency_unavailable"
 
+    async def test_a_login_too_large_for_a_session_is_a_400_page(self) -> None:
+        broker = fake_broker()
+        async with broker.client() as client:
+            r = await client.get("/auth/login")
+            state = parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
+            broker.idp.login_claims = {"roles": ["radiologist"] + [f"r{i:04}" for i in range(600)]}
+            r = await client.get("/auth/callback", params={"code": "c", "state": state})
+        assert r.status_code == 400, r.text
+        assert "more than a browser session can hold" in r.text
+        assert "set-cookie" not in r.headers or "Max-Age=0" in r.headers["set-cookie"]
+
+    async def test_a_normal_login_lands_where_it_started(self) -> None:
+        broker = fake_broker()
+        async with broker.client() as client:
+            r = await client.get("/auth/login")
+            state = parse_qs(urlsplit(r.headers["location"]).query)["state"][0]
+            r = await client.get("/auth/callback", params={"code": "c", "state": state})
+        assert r.status_code == 303, r.text
+
 
 class TestLogout:
     async def test_idp_unreachable_503s_once_signed_out_here(self) -> None:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from broker.crypto import KeyRing
-from broker.identity.sessions import SESSION_META, EncryptedSessionMiddleware
+from broker.identity.sessions import SESSION_META, EncryptedSessionMiddleware, session_fits
 from broker.revocation import RevocationKind, Revocations
 
 
@@ -33,6 +33,11 @@ def _app(clock: Clock, revocations: Revocations, ring: KeyRing) -> FastAPI:
     async def get(request: Request) -> dict[str, Any]:
         meta = request.scope.get(SESSION_META) or {}
         return {"session": dict(request.session), "sid": meta.get("sid")}
+
+    @app.get("/big")
+    async def big(request: Request, roles: int) -> dict[str, Any]:
+        request.session["principal"] = {"id": "npi:1", "roles": [f"role-{i}" for i in range(roles)]}
+        return {"fits": session_fits(request.scope)}
 
     @app.get("/clear")
     async def clear(request: Request) -> dict[str, Any]:
@@ -123,3 +128,14 @@ class TestSessionCookie:
         client.get("/set")
         response = client.get("/clear")
         assert "Max-Age=0" in response.headers["set-cookie"]
+
+
+def test_a_session_too_large_for_a_cookie_is_not_kept_and_the_answer_is_whole(
+    client: TestClient,
+) -> None:
+    small = client.get("/big", params={"roles": 5})
+    assert small.status_code == 200 and small.json() == {"fits": True}
+    assert "s" in client.cookies
+    large = client.get("/big", params={"roles": 400})
+    assert large.status_code == 200 and large.json() == {"fits": False}
+    assert "s" not in client.cookies  # the old cookie is cleared, no half-written answer

@@ -123,6 +123,20 @@ auditor_input := json.patch(radiologist_input, [
 	put("/subject/group", null),
 ])
 
+# a hospital's consent registry (a service account) recording consent for St. Olaf
+registry_input := json.patch(radiologist_input, [
+	put("/action", "record_consent"),
+	put("/operations", ["record"]),
+	put("/subject/id", "sub:consent-registry"),
+	put("/subject/roles", ["consent_registry"]),
+	put("/subject/privileges", ["st-olaf"]),
+	put("/subject/group", null),
+	drop("/resource/study_uid"),
+	drop("/resource/labels"),
+	drop("/resource/patient_ref"),
+	drop("/context/consent"),
+])
+
 justification := "trauma bay CT, on-call radiologist unreachable"
 
 # JSON patch operations

@@ -241,7 +241,7 @@ test_unknown_operation_denies if {
 		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
-	d == denied([reason("unknown_operation", `operation print is not one of ["download", "view"]`)])
+	d == denied([reason("unknown_operation", `operation print is not one of ["download", "record", "view"]`)])
 }
 
 test_unknown_radiologist_denies if {

@@ -212,7 +212,7 @@ test_unknown_action_is_denied if {
 		with data.telerad.settings as settings
 	d == denied([reason(
 		"unknown_action",
-		`action "delete_study" is not one of ["issue_link", "read_audit", "redeem", "search"]`,
+		`action "delete_study" is not one of ["issue_link", "read_audit", "record_consent", "redeem", "search"]`,
 	)])
 }
 
@@ -228,4 +228,84 @@ test_missing_roles_deny if {
 		reason("input_invalid", "input.subject.roles is missing, empty or not of type array"),
 		reason("role_not_permitted", "roles [] do not permit action issue_link"),
 	])
+}
+
+test_consent_registry_records_consent_for_its_facility if {
+	d := access.decision with input as registry_input
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == true
+	d.reasons == [reason(
+		"consent_registry",
+		"the consent registry of facility st-olaf records its patients' consent",
+	)]
+	d.obligations.operations == ["record"]
+}
+
+test_consent_registry_may_read_back_what_it_records if {
+	req := json.patch(registry_input, [put("/operations", ["view"])])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == true
+}
+
+test_consent_registry_of_another_facility_is_refused if {
+	req := json.patch(registry_input, [put("/resource/facility", "bay-general")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == false
+	"registry_facility_not_permitted" in {r.code | some r in d.reasons}
+}
+
+test_consent_registry_gets_no_images if {
+	some action in ["issue_link", "redeem", "search"]
+	req := json.patch(radiologist_input, [
+		put("/action", action),
+		put("/subject/roles", ["consent_registry"]),
+	])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == false
+}
+
+test_a_radiologist_cannot_record_consent if {
+	req := json.patch(registry_input, [
+		put("/subject/id", "npi:1000000001"),
+		put("/subject/roles", ["radiologist"]),
+	])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == false
+	"role_not_permitted" in {r.code | some r in d.reasons}
+}
+
+test_record_is_not_an_image_operation if {
+	req := json.patch(radiologist_input, [put("/operations", ["record"])])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == false
+	"operation_not_permitted" in {r.code | some r in d.reasons}
 }

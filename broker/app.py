@@ -25,6 +25,8 @@ from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
 from broker.errors import install_error_handlers
+from broker.fhir.consent import router as fhir_router
+from broker.fhir.records import ConsentStore
 from broker.health import CheckReport, Readiness, ReadinessChecker
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     revocations = Revocations()
+    consents = ConsentStore()
     pseudonym_key = _pseudonym_key(settings)
     links = LinkCodec(link_keyring(settings))
     metrics = Metrics()
@@ -126,7 +129,11 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         RevocationListener(
             settings.kafka.bootstrap_servers,
             settings.kafka.revocation_topic,
-            lambda event: apply_event(revocations, event) or _state(app).facts.apply_event(event),
+            lambda event: (
+                apply_event(revocations, event)
+                or consents.apply_event(event)
+                or _state(app).facts.apply_event(event)
+            ),
             instance=settings.instance_id,
         )
         if isinstance(audit_sink, KafkaAuditSink)
@@ -159,12 +166,14 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                         FactsCatalog.load(settings.facts_file),
                         pseudonym_key=pseudonym_key,
                         ttl_seconds=settings.facts_ttl_seconds,
+                        patient_consent=consents.effect_for,
                     ),
                     enforcer=PolicyEnforcer(opa, audit_sink, metrics),
                     links=links,
                     proxy=DicomwebProxy(settings.pacs, http),
                     metrics=metrics,
                     dpop=DpopVerifier(),
+                    consents=consents,
                 )
                 yield
             finally:
@@ -208,6 +217,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     app.include_router(api_router)
     app.include_router(links_api_router)
     app.include_router(redeem_router)
+    app.include_router(fhir_router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

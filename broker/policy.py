@@ -24,7 +24,7 @@ from broker.opa import Decision, OpaGateway
 
 __all__ = ["Action", "PolicyEnforcer", "RequestContext"]
 
-Action = str  # "issue_link" | "redeem" | "search" | "read_audit"
+Action = str  # "issue_link" | "redeem" | "search" | "read_audit" | "record_consent"
 
 _BREAK_GLASS_MAX = 1000  # characters of justification kept
 
@@ -68,8 +68,13 @@ class PolicyEnforcer:
         facts: StudyFacts | None,
         context: RequestContext,
         break_glass: str | None = None,
+        resource: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The policy's ``input`` document (see policies/schemas/input.schema.json)."""
+        """The policy's ``input`` document (see policies/schemas/input.schema.json).
+
+        ``resource`` is ``input.resource`` for actions on no study (``facts`` is None), such as
+        ``record_consent`` with the facility the consent is recorded for.
+        """
         justification = (break_glass or "").strip()[:_BREAK_GLASS_MAX]
         document: dict[str, Any] = {
             "action": action,
@@ -85,6 +90,8 @@ class PolicyEnforcer:
             document["resource"] = facts.policy_resource()
             if facts.consent is not None:
                 document["context"]["consent"] = {"external_reading": facts.consent}
+        elif resource is not None:
+            document["resource"] = dict(resource)
         return document
 
     async def authorize(
@@ -96,9 +103,12 @@ class PolicyEnforcer:
         context: RequestContext,
         *,
         break_glass: str | None = None,
+        resource: dict[str, Any] | None = None,
     ) -> Decision:
         """Decide and audit; raise :class:`DependencyUnavailable` if the audit is not durable."""
-        policy_input = self.build_input(principal, action, operations, facts, context, break_glass)
+        policy_input = self.build_input(
+            principal, action, operations, facts, context, break_glass, resource
+        )
         with self._metrics.decision_seconds.time():
             decision = await self._opa.decide(policy_input)
         self._metrics.decisions.labels(action, "allow" if decision.allow else "deny").inc()

@@ -11,6 +11,7 @@ from broker.audit import AuditSink
 from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
+from broker.fhir.records import ConsentStore
 from broker.health import ReadinessChecker
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
@@ -42,6 +43,7 @@ class AppState:
     proxy: DicomwebProxy
     metrics: Metrics
     dpop: DpopVerifier
+    consents: ConsentStore
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -67,5 +67,10 @@ class AuditEvent(BaseModel):
 
     @property
     def partition_key(self) -> str:
-        """Events of one study stay in order; others are keyed by subject."""
-        return self.study_uid or self.subject or self.id
+        """Events of one study (or one patient's consent) stay in order; others by subject."""
+        patient = self.detail.get("patient") if self.kind is EventKind.CONSENT_CHANGED else None
+        return (
+            self.study_uid
+            or (patient if isinstance(patient, str) else None)
+            or (self.subject or self.id)
+        )

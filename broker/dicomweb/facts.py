@@ -12,7 +12,8 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class StudyFactsSource:
         *,
         pseudonym_key: bytes,
         ttl_seconds: float = 10.0,
+        patient_consent: Callable[[str | None], str | None] | None = None,
     ) -> None:
         self._pacs = pacs
         self._http = http
@@ -93,6 +95,8 @@ class StudyFactsSource:
         self._ttl = ttl_seconds
         self._cache: dict[str, tuple[float, StudyFacts]] = {}
         self._consent: dict[str, str] = {}  # changes announced on the stream, newest wins
+        # the consent recorded for a patient (FHIR Consent), which outranks any per-study fact
+        self._patient_consent = patient_consent or (lambda _: None)
 
     def apply_event(self, event: AuditEvent) -> bool:
         """Apply a ``consent.changed`` event (from any replica or the hospital's systems)."""
@@ -116,12 +120,14 @@ class StudyFactsSource:
         now = time.monotonic()
         hit = self._cache.get(study_uid)
         if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        facts = await self._fetch(study_uid)
-        self._cache[study_uid] = (now, facts)
-        if len(self._cache) > 10000:
-            self._cache.pop(next(iter(self._cache)))
-        return facts
+            facts = hit[1]
+        else:
+            facts = await self._fetch(study_uid)
+            self._cache[study_uid] = (now, facts)
+            if len(self._cache) > 10000:
+                self._cache.pop(next(iter(self._cache)))
+        recorded = self._patient_consent(facts.patient_ref)
+        return facts if recorded is None else replace(facts, consent=recorded)
 
     async def _fetch(self, study_uid: str) -> StudyFacts:
         pacs = self._pacs

@@ -25,6 +25,7 @@ from broker.config import IssuerSettings, Settings
 from broker.crypto import b64u_encode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
+from broker.fhir.records import ConsentStore
 from broker.health import CheckResult
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
@@ -261,6 +262,7 @@ def fake_broker() -> FakeBroker:
         proxy=DicomwebProxy(settings.pacs, http),
         metrics=metrics,
         dpop=DpopVerifier(),
+        consents=ConsentStore(),
     )
     app = create_app(settings, audit=audit)
     app.state.telerad = state

@@ -28,6 +28,7 @@ PUBLIC = {
     "/auth/logout",
     "/auth/backchannel-logout",
     "/app-config.js",  # the viewer's configuration: static code, no data
+    "/fhir/metadata",  # the FHIR CapabilityStatement: what the endpoints are, no data
     "/init-service-worker.js",  # unregisters service workers: static code, no data
     "/studies/lookup",  # a redirect to a study's page, which authenticates
 }
@@ -39,6 +40,9 @@ AUTHENTICATES_INSIDE = {
     "/studies/{study_uid}",
     "/studies/{study_uid}/open",
     "/read/{token}/{route:path}",
+    # FHIR answers its errors as OperationOutcome, so it calls current_principal itself
+    "/fhir/Consent",
+    "/fhir/Consent/{consent_id}",
 }
 GUARDED_CALLS = {"forward", "seal"}  # state.proxy.forward(...), state.links.seal(...)
 BROKER = Path(__file__).resolve().parents[2] / "broker"

@@ -26,7 +26,7 @@ DEV_PASSWORD = "dev-password"  # DEV ONLY, every user
 # Base32 text, exactly what an authenticator app / pyotp takes.
 EVE_TOTP_BASE32 = "ORSWYZLSMFSC2ZDFOYWWK5TFFV2G65DQ"  # = base32(b"telerad-dev-eve-totp")
 
-REALM_ROLES = ["radiologist", "referring_physician", "auditor"]
+REALM_ROLES = ["radiologist", "referring_physician", "auditor", "consent_registry"]
 
 # Custom user attributes, declared in the user profile so KC 26 keeps them,
 # lets admins edit them and lets users only *view* them (users must not be able
@@ -250,7 +250,40 @@ def clients(suffix: str) -> list[dict]:
             "attributes": dict(common_attrs),
             "protocolMappers": common_mappers(),
         },
+        {
+            "clientId": "consent-registry",
+            "name": "consent-registry (DEV ONLY)",
+            "description": f"DEV ONLY - the hospital's consent registry: client credentials only. "
+            f"Secret 'dev-consent-secret-{suffix}' is a published dev value.",
+            "enabled": True,
+            "protocol": "openid-connect",
+            "publicClient": False,
+            "clientAuthenticatorType": "client-secret",
+            "secret": f"dev-consent-secret-{suffix}",
+            "standardFlowEnabled": False,
+            "implicitFlowEnabled": False,
+            "directAccessGrantsEnabled": False,
+            "serviceAccountsEnabled": True,
+            "frontchannelLogout": False,
+            "fullScopeAllowed": False,
+            "consentRequired": False,
+            "redirectUris": [],
+            "webOrigins": [],
+            "attributes": dict(common_attrs),
+            "protocolMappers": common_mappers(),
+        },
     ]
+
+
+def registry_account(facility: str) -> dict:
+    """The consent registry client's service account: role consent_registry at one facility."""
+    return {
+        "username": "service-account-consent-registry",
+        "enabled": True,
+        "serviceAccountClientId": "consent-registry",
+        "attributes": {"facility_privileges": [facility]},
+        "realmRoles": ["consent_registry"],
+    }
 
 
 def amr_config(alias: str, ref: str) -> dict:
@@ -513,8 +546,10 @@ def realm(name: str, display: str, suffix: str, users: list[dict]) -> dict:
         },
         # Clients have fullScopeAllowed=false: only these roles reach tokens.
         "scopeMappings": [
-            {"client": c, "roles": list(REALM_ROLES)} for c in ("telerad-broker", "telerad-api")
-        ],
+            {"client": c, "roles": [r for r in REALM_ROLES if r != "consent_registry"]}
+            for c in ("telerad-broker", "telerad-api")
+        ]
+        + [{"client": "consent-registry", "roles": ["consent_registry"]}],
         "clients": clients(suffix),
         "users": users,
         "browserFlow": "browser-loa",
@@ -554,6 +589,7 @@ def realms() -> dict[str, dict]:
                 user("carla", "Carla", "Castro", a, "referring_physician", "1000000003"),
                 user("dan", "Dan", "Dorsey", a, "auditor", "1000000004"),
                 user("eve", "Eve", "Ekwueme", a, "radiologist", "1000000005", ["US-CA"], ["st-olaf"], otp=True),
+                registry_account("st-olaf"),
             ],
         ),
         "hospital-b": realm(
@@ -563,6 +599,7 @@ def realms() -> dict[str, dict]:
             [
                 user("fay", "Fay", "Fischer", b, "radiologist", "2000000001", ["US-NY"], ["mercy-ny"]),
                 user("gus", "Gus", "Garza", b, "referring_physician", "2000000002"),
+                registry_account("mercy-ny"),
             ],
         ),
         "northstar-reading": realm(

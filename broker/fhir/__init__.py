@@ -1,0 +1,1 @@
+"""FHIR R4 endpoints the hospital's systems call (consent for external reading)."""

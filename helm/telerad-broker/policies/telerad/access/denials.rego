@@ -34,6 +34,12 @@ _denials contains _reason("operation_not_permitted", message) if {
 	message := sprintf("operation %s is not permitted for role %s with action %s", [op, _role, _input.action])
 }
 
+_denials contains _reason("registry_facility_not_permitted", message) if {
+	_role == "consent_registry"
+	not _registry_facility_ok
+	message := sprintf("the consent registry is not privileged at facility %v", [_input.resource.facility])
+}
+
 _denials contains _reason("download_not_permitted", "the radiologist is not permitted to download studies") if {
 	"download" in _requested_ops
 	"download" in _permitted_ops

@@ -32,6 +32,13 @@ _granted_except_authentication if {
 	not _break_glass_requested
 }
 
+_granted_except_authentication if {
+	_role == "consent_registry"
+	_common_requirements
+	_registry_facility_ok
+	not _break_glass_requested
+}
+
 _common_requirements if {
 	count(_invalid_input) == 0
 	_facility_valid
@@ -75,6 +82,11 @@ _allow_reasons contains _reason("referring_physician_own_patient", message) if {
 
 _allow_reasons contains _reason("auditor_read_audit", "auditors may read audit records") if {
 	_role == "auditor"
+}
+
+_allow_reasons contains _reason("consent_registry", message) if {
+	_role == "consent_registry"
+	message := sprintf("the consent registry of facility %s records its patients' consent", [_input.resource.facility])
 }
 
 _allow_reasons contains _reason("sensitive_study", message) if {

@@ -4,9 +4,9 @@ package telerad.access
 
 _image_actions := {"issue_link", "redeem", "search"}
 
-_known_actions := _image_actions | {"read_audit"}
+_known_actions := _image_actions | {"read_audit", "record_consent"}
 
-_known_operations := {"view", "download"}
+_known_operations := {"view", "download", "record"}
 
 # input with a fallback, so that a request without any input still yields a decision
 default _input := {}

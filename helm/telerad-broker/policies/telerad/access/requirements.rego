@@ -29,13 +29,25 @@ _role := "auditor" if {
 	_image_action
 	not "auditor" in _roles
 	"referring_physician" in _roles
+} else := "consent_registry" if {
+	_input.action == "record_consent"
+	"consent_registry" in _roles
 }
 
 # ----------------------------------------------------------- operations
 
 # operations a role may be granted for the action (download also needs the
 # radiologist's download flag)
-_permitted_ops contains "view" if _role
+_permitted_ops contains "view" if {
+	_role
+	_role != "consent_registry"
+}
+
+# a hospital's consent registry records consent (and reads back what it recorded)
+_permitted_ops contains op if {
+	_role == "consent_registry"
+	some op in {"record", "view"}
+}
 
 _permitted_ops contains "download" if {
 	_role == "radiologist"
@@ -209,3 +221,8 @@ _assignment_ok if {
 	_group_covers
 	not _sensitive
 }
+
+# ------------------------------------------------------ consent registry
+
+# A consent registry speaks only for the facilities it is privileged at.
+_registry_facility_ok if _input.resource.facility in _input.subject.privileges

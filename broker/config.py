@@ -137,6 +137,8 @@ class StreamSettings(_Section):
     dead_letter_topic: str = "telerad.audit.dlq.v1"
     alerts_topic: str = "telerad.alerts.v1"
     heads_topic: str = "telerad.ledger.heads.v1"  # signed tree heads, published as they are made
+    # what the ledger appended, in order (Kafka offsets), so a rebuild reproduces its roots
+    segments_topic: str = "telerad.ledger.segments.v1"
     ledger_path: Path = Path("ledger/telerad-ledger.sqlite3")
     ledger_key_path: Path = Path("ledger/ledger-signing-key.pem")  # Ed25519, PKCS#8 PEM
     head_every_seconds: Annotated[float, Field(gt=0)] = 10.0

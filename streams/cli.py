@@ -3,7 +3,8 @@
 telerad audit ledger   append events to the Merkle ledger, sign and publish tree heads
 telerad audit alerts   raise alerts (break-glass, denial bursts, outside assignment, ...)
 telerad audit export   FHIR AuditEvent / DICOM audit messages, to files or syslog
-telerad audit verify   recompute the ledger (and optionally compare with the topic)
+telerad audit ledger rebuild|backup|restore   get the ledger back (streams/recovery.py)
+telerad audit verify   recompute the ledger, compare it with every published head (and the topic)
 telerad audit prove    an inclusion proof for one event, with the signed head it is under
 """
 
@@ -48,9 +49,12 @@ def _progress(runner: Any, every: float = 10.0) -> threading.Thread:
 def _ledger(args: argparse.Namespace) -> int:
     from broker.audit.kafka import make_producer
     from streams.ledger import LedgerConsumer, load_private_key
-    from streams.ledger_store import LedgerStore, SignedTreeHead
+    from streams.ledger_store import LedgerGoneError, LedgerStore, SignedTreeHead
     from streams.runner import ConsumerRunner
+    from streams.segments import SEGMENT_KEY, Segment
 
+    if args.operation != "run":
+        return _recovery(args)
     settings = _settings()
     cfg = settings.streams
     cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +64,9 @@ def _ledger(args: argparse.Namespace) -> int:
     def publish(head: SignedTreeHead) -> None:
         producer.send(cfg.heads_topic, key=b"head", value=head.to_json().encode()).get(timeout=10)
 
+    def publish_segment(segment: Segment) -> None:
+        producer.send(cfg.segments_topic, key=SEGMENT_KEY, value=segment.to_json()).get(timeout=10)
+
     with LedgerStore(cfg.ledger_path) as store:
         ledger = LedgerConsumer(
             store,
@@ -67,6 +74,7 @@ def _ledger(args: argparse.Namespace) -> int:
             head_every_seconds=cfg.head_every_seconds,
             head_every_leaves=cfg.head_every_leaves,
             publish_head=publish,
+            publish_segment=publish_segment,
         )
         runner = ConsumerRunner(
             "ledger",
@@ -75,10 +83,21 @@ def _ledger(args: argparse.Namespace) -> int:
             group_id=args.group,
             handler=ledger.handle,
             dead_letter_topic=cfg.dead_letter_topic,
+            with_origin=True,
         )
         runner.install_signal_handlers()
         _progress(runner)
-        stats = runner.run(idle_exit_seconds=args.idle_exit)
+        try:
+            stats = runner.run(idle_exit_seconds=args.idle_exit)
+        except LedgerGoneError as exc:
+            producer.close(5)
+            print(
+                f"telerad audit ledger: stopped: {exc}. Nothing more was appended or committed; "
+                "get it back with `telerad audit ledger restore --path <backup>` or "
+                "`telerad audit ledger rebuild --from-topic`.",
+                file=sys.stderr,
+            )
+            return 3
         head = ledger.maybe_sign(force=True)
         producer.close(5)
         print(
@@ -147,6 +166,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from streams.ledger import event_bytes, load_public_key
     from streams.ledger_store import LedgerStore
+    from streams.recovery import check_against_heads
 
     settings = _settings()
     cfg = settings.streams
@@ -157,6 +177,16 @@ def _verify(args: argparse.Namespace) -> int:
     with LedgerStore(cfg.ledger_path) as store:
         report = store.verify(public_key)
         problems = [f"{p.kind}: {p.message}" for p in report.problems]
+        heads_checked = None
+        if not args.offline:
+            heads = _published_heads(settings)
+            heads_checked = len(heads)
+            problems += check_against_heads(store, heads, public_key)
+            if not heads:
+                problems.append(
+                    f"no_published_heads: nothing on {cfg.heads_topic} to check the ledger "
+                    "against (use --offline to check the ledger only in itself)"
+                )
         topic_checked = 0
         if args.from_topic:
             topic_events = _read_topic(settings)
@@ -166,6 +196,7 @@ def _verify(args: argparse.Namespace) -> int:
     result = {
         "ok": not problems,
         "size": size,
+        "published_heads_checked": heads_checked,
         "topic_events": topic_checked if args.from_topic else None,
         "seconds": round(time.monotonic() - started, 2),
         "problems": problems[:100],
@@ -173,6 +204,108 @@ def _verify(args: argparse.Namespace) -> int:
     }
     print(json.dumps(result, indent=2))
     return 0 if not problems else 1
+
+
+def _published_heads(settings: Settings) -> list[Any]:
+    """Every signed head on the heads topic (unreadable records are findings elsewhere)."""
+    from broker.audit.kafka import make_consumer
+    from streams.ledger_store import SignedTreeHead
+    from streams.recovery import read_topic_values
+
+    consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+    heads: list[Any] = []
+    try:
+        for value in read_topic_values(consumer, settings.streams.heads_topic):
+            try:
+                heads.append(SignedTreeHead.from_json(value))
+            except (ValueError, KeyError, TypeError):
+                print("telerad audit: an unreadable record on the heads topic", file=sys.stderr)
+    finally:
+        consumer.close()
+    return heads
+
+
+def _segments(settings: Settings) -> list[Any]:
+    from broker.audit.kafka import make_consumer
+    from streams.recovery import read_topic_values
+    from streams.segments import Segment
+
+    consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+    try:
+        return [
+            Segment.from_json(v)
+            for v in read_topic_values(consumer, settings.streams.segments_topic)
+        ]
+    finally:
+        consumer.close()
+
+
+def _recovery(args: argparse.Namespace) -> int:
+    """``telerad audit ledger rebuild|backup|restore``."""
+    from broker.audit.kafka import make_consumer
+    from streams.ledger import load_public_key
+    from streams.ledger_store import LedgerStore
+    from streams.recovery import backup, kafka_fetch, rebuild, restore
+
+    settings = _settings()
+    cfg = settings.streams
+    public_key = load_public_key(
+        Path(args.public_key) if args.public_key else cfg.ledger_key_path.with_suffix(".pub")
+    )
+    started = time.monotonic()
+    if args.operation == "backup":
+        if not args.path:
+            print("telerad audit ledger backup: give the backup file (--path)", file=sys.stderr)
+            return 2
+        report = backup(cfg.ledger_path, Path(args.path), public_key)
+    else:
+        heads = _published_heads(settings)
+        segments = _segments(settings)
+        consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+        try:
+            fetch = kafka_fetch(consumer)
+            if args.operation == "rebuild":
+                if not args.from_topic:
+                    print("telerad audit ledger rebuild: say --from-topic", file=sys.stderr)
+                    return 2
+                target = Path(args.path) if args.path else cfg.ledger_path
+                if target.exists() and target.stat().st_size > 0:
+                    print(
+                        f"telerad audit ledger rebuild: {target} exists; rebuild into a new "
+                        "file (--path) or move it away",
+                        file=sys.stderr,
+                    )
+                    return 2
+                target.parent.mkdir(parents=True, exist_ok=True)
+
+                def progress(r: Any) -> None:
+                    print(
+                        f"[telerad audit ledger rebuild] {r.segments}/{len(segments)} "
+                        f"segments, {r.appended} leaves",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+                with LedgerStore(target) as store:
+                    report = rebuild(store, segments, fetch, heads, public_key, progress=progress)
+            else:
+                if not args.path:
+                    print(
+                        "telerad audit ledger restore: give the backup file (--path)",
+                        file=sys.stderr,
+                    )
+                    return 2
+                report = restore(
+                    Path(args.path), cfg.ledger_path, public_key, segments, fetch, heads
+                )
+        finally:
+            consumer.close()
+    result = report.as_dict() | {
+        "operation": args.operation,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    print(json.dumps(result, indent=2))
+    return 0 if report.ok else 1
 
 
 def _read_topic(settings: Settings) -> list[tuple[int, Any]]:
@@ -279,10 +412,28 @@ def add_audit_commands(sub: Any) -> None:
         parser.set_defaults(func=func)
         return parser
 
-    ledger = consumer("ledger", _ledger, "append audit events to the Merkle ledger")
+    ledger = consumer(
+        "ledger",
+        _ledger,
+        "append audit events to the Merkle ledger (run), or get it back: rebuild, backup, restore",
+    )
+    ledger.add_argument(
+        "operation",
+        nargs="?",
+        default="run",
+        choices=["run", "rebuild", "backup", "restore"],
+        help="run: the consumer (default); rebuild --from-topic [--path NEW]: from the "
+        "segments and audit topics; backup --path FILE: an online copy, verified; restore "
+        "--path FILE: a verified backup put back, then caught up from the topics",
+    )
     ledger.add_argument(
         "--create-key", action="store_true", help="create the signing key if it does not exist"
     )
+    ledger.add_argument(
+        "--path", help="the backup file (backup, restore) or the new ledger (rebuild)"
+    )
+    ledger.add_argument("--from-topic", action="store_true", help="rebuild from the topics")
+    ledger.add_argument("--public-key", help="the ledger's public key; default: <key>.pub")
     consumer("alerts", _alerts, "raise alerts from the audit stream")
     export = consumer("export", _export, "export audit events for auditors and SIEMs")
     export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
@@ -292,6 +443,12 @@ def add_audit_commands(sub: Any) -> None:
     verify = cmds.add_parser("verify", help="recompute the ledger and check every signed head")
     verify.add_argument("--public-key", help="the ledger's public key (PEM); default: <key>.pub")
     verify.add_argument("--from-topic", action="store_true", help="also compare with the topic")
+    verify.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the ledger only in itself: without the published heads an emptied or "
+        "rolled-back ledger can pass",
+    )
     verify.set_defaults(func=_verify)
 
     prove = cmds.add_parser("prove", help="inclusion proof of one event under the latest head")

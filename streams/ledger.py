@@ -14,12 +14,17 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from broker.audit.events import AuditEvent
 from streams.ledger_store import LedgerStore, SignedTreeHead
+from streams.segments import Segment
+
+if TYPE_CHECKING:
+    from streams.runner import Origin
 
 __all__ = ["LedgerConsumer", "event_bytes", "key_id", "load_private_key", "load_public_key"]
 
@@ -85,6 +90,7 @@ class LedgerConsumer:
         head_every_leaves: int = 1000,
         publish_head: Callable[[SignedTreeHead], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        publish_segment: Callable[[Segment], None] | None = None,
     ) -> None:
         self.store = store
         self._key = signing_key
@@ -92,6 +98,7 @@ class LedgerConsumer:
         self._every_seconds = head_every_seconds
         self._every_leaves = head_every_leaves
         self._publish = publish_head
+        self._publish_segment = publish_segment
         self._clock = clock
         self._last_head_at = clock()
         latest = store.latest_head()
@@ -99,8 +106,26 @@ class LedgerConsumer:
         self.appended = 0
         self.duplicates = 0
 
-    def handle(self, events: list[AuditEvent]) -> None:
-        """Append a batch in one transaction, then sign a head if one is due."""
+    def handle(self, events: list[AuditEvent], origin: Origin | None = None) -> None:
+        """Append a batch in one transaction, then sign a head if one is due.
+
+        With ``origin`` (the runner's ``with_origin``) and a segment publisher, the batch's
+        :class:`~streams.recovery.Segment` is published, and acknowledged, first: what a
+        rebuild replays to arrive at the same leaves in the same order.
+        """
+        self.store.check_file()
+        if origin is not None and self._publish_segment is not None:
+            self._publish_segment(
+                Segment(
+                    origin.topic,
+                    origin.partition,
+                    origin.first_offset,
+                    origin.last_offset,
+                    self.store.size(),
+                )
+            )
+        if not events:
+            return
         results = self.store.append_many([(e.id, event_bytes(e)) for e in events])
         added = sum(1 for r in results if r is not None)
         self.appended += added

@@ -94,6 +94,12 @@ class LedgerError(Exception):
     """Base class of the ledger's own errors."""
 
 
+class LedgerGoneError(LedgerError):
+    """The ledger's database file was deleted or replaced while open: stop, never write on."""
+
+    fatal = True  # the consumer runner stops instead of retrying (see streams.runner)
+
+
 class LedgerCorruptError(LedgerError):
     """A hash the tree needs is missing from the store (run :meth:`LedgerStore.verify`)."""
 
@@ -282,6 +288,7 @@ class LedgerStore:
     def __init__(self, path: Path | str) -> None:
         """Open (creating if needed) the ledger at ``path``."""
         self._lock = threading.RLock()
+        self._path = Path(path)
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -292,6 +299,7 @@ class LedgerStore:
             self._conn.close()
             raise
         self._size: int = int(row[0])
+        self._identity = self._file_identity()
         # Right edge of the tree: _frontier[l] is the hash of the complete subtree of 2**l
         # leaves ending the tree, valid where bit l of _size is set. Loaded lazily so that a
         # damaged store still opens (and verify() can say what is wrong with it).
@@ -319,6 +327,22 @@ class LedgerStore:
     ) -> None:
         """Close the store."""
         self.close()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = self._path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def check_file(self) -> None:
+        """Raise :class:`LedgerGoneError` if the database file is no longer the one opened.
+
+        SQLite goes on writing to a deleted file's inode, so a deleted or swapped ledger
+        would otherwise swallow every later event without a word.
+        """
+        if self._identity is None or self._file_identity() != self._identity:
+            raise LedgerGoneError(f"the ledger file {self._path} was deleted or replaced")
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -475,6 +499,20 @@ class LedgerStore:
                 (size, root, timestamp, signature, key_id),
             )
             return head
+
+    def add_head(self, head: SignedTreeHead) -> None:
+        """Store a head signed elsewhere (a rebuild or restore), if this ledger reproduces it.
+
+        The signature is the caller's to check; the root must be this ledger's at that size.
+        """
+        with self._lock:
+            if head.size > self._size or self.root(head.size) != head.root:
+                raise LedgerError(f"the head of size {head.size} is not this ledger's")
+            self._conn.execute(
+                "INSERT OR REPLACE INTO heads (size, root, timestamp, signature, key_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (head.size, head.root, head.timestamp, head.signature, head.key_id),
+            )
 
     def heads(self) -> list[SignedTreeHead]:
         """Return the stored signed tree heads, by increasing size (signatures unchecked)."""

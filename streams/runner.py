@@ -23,13 +23,25 @@ from broker.audit.cloudevents import PoisonRecord, from_record
 from broker.audit.events import AuditEvent
 from broker.audit.kafka import make_consumer, make_producer
 
-__all__ = ["ConsumerRunner", "RunStats"]
+__all__ = ["ConsumerRunner", "Origin", "RunStats"]
 
 log = logging.getLogger("telerad.streams")
 
 # A handler processes a batch; it may name events it can never process ({event id: reason}),
-# which go to the dead letters instead of being retried for ever.
-Handler = Callable[[list[AuditEvent]], Mapping[str, str] | None]
+# which go to the dead letters instead of being retried for ever. With ``with_origin`` it is
+# also told where the batch comes from. An exception with a true ``fatal`` attribute stops the
+# run (it is raised from ``run``) instead of being retried: the handler's own store is gone.
+Handler = Callable[..., Mapping[str, str] | None]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a batch comes from: one partition's records ``first_offset..last_offset``."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
 
 
 @dataclass
@@ -60,6 +72,7 @@ class ConsumerRunner:
         max_records: int = 500,
         retry_pause_seconds: float = 1.0,
         consumer: Any = None,
+        with_origin: bool = False,
     ) -> None:
         self.name = name
         self._bootstrap = bootstrap
@@ -69,6 +82,7 @@ class ConsumerRunner:
         self._poll_ms = poll_ms
         self._max_records = max_records
         self._pause = retry_pause_seconds
+        self._with_origin = with_origin
         self._consumer = consumer or make_consumer(
             bootstrap,
             topic,
@@ -124,10 +138,19 @@ class ConsumerRunner:
                     continue
                 events.append(event)
                 records_by_id[event.id] = record
-            rejected = self._handler(events) if events else None
+            if self._with_origin:
+                origin = Origin(
+                    partition.topic, partition.partition, records[0].offset, records[-1].offset
+                )
+                rejected = self._handler(events, origin)
+            else:
+                rejected = self._handler(events) if events else None
             for event_id, reason in (rejected or {}).items():
                 self._dead_letter(records_by_id[event_id], f"handler: {reason}")
-        except Exception as exc:  # noqa: BLE001 - never commit on failure; retry the partition
+        except Exception as exc:
+            if getattr(exc, "fatal", False):
+                log.error("%s: stopping: %s", self.name, exc)
+                raise
             self.stats.retries += 1
             log.warning(
                 "%s: batch failed (%s); will retry from offset %d",

@@ -257,7 +257,12 @@ def _recovery(args: argparse.Namespace) -> int:
         if not args.path:
             print("telerad audit ledger backup: give the backup file (--path)", file=sys.stderr)
             return 2
-        report = backup(cfg.ledger_path, Path(args.path), public_key)
+        target = Path(args.path)
+        if args.path.endswith("/") or target.is_dir():
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            target = target / f"telerad-ledger-{stamp}.sqlite3"  # a directory: a dated file in it
+        report = backup(cfg.ledger_path, target, public_key)
+        print(f"telerad audit ledger backup: {target}", file=sys.stderr)
     else:
         heads = _published_heads(settings)
         segments = _segments(settings)

@@ -115,11 +115,16 @@ def test_the_ledger_is_deleted_under_load_then_rebuilt_backed_up_and_restored(
 
     # 5. backed up online, more events arrive, the ledger is lost, the backup is restored and
     #    caught up from the topics to the newest published head
-    assert report(telerad(env, "ledger", "backup", "--path", str(tmp_path / "b.db")))["ok"]
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    # as the chart's CronJob runs it: into a directory, a dated file
+    assert report(telerad(env, "ledger", "backup", "--path", f"{backups}/"))["ok"]
+    (kept,) = backups.iterdir()
+    assert kept.name.startswith("telerad-ledger-") and kept.suffix == ".sqlite3"
     later = _produce(bootstrap, audit_topic, 500)
     assert telerad(env, "ledger", "--idle-exit", "4").returncode == 0
     remove_ledger(ledger)
-    restored = telerad(env, "ledger", "restore", "--path", str(tmp_path / "b.db"))
+    restored = telerad(env, "ledger", "restore", "--path", str(kept))
     assert restored.returncode == 0 and report(restored)["ok"], restored.stdout
     with LedgerStore(ledger) as store:
         assert store.size() == 4500

@@ -177,7 +177,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "telerad.audit.podTemplate" -}}
 {{- $ctx := .ctx -}}
 {{- $cfg := index $ctx.Values.audit .name -}}
-{{- $component := printf "audit-%s" .name -}}
+{{- $component := .component | default (printf "audit-%s" .name) -}}
 metadata:
   labels:
     {{- include "telerad.labels" (list $ctx $component) | nindent 4 }}
@@ -207,9 +207,12 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $cfg.affinity }}
+  {{- with (.affinity | default $cfg.affinity) }}
   affinity:
     {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .restartPolicy }}
+  restartPolicy: {{ . }}
   {{- end }}
   # SIGTERM sets the consumer's stop flag: it finishes the batch in hand and closes within 5 s.
   terminationGracePeriodSeconds: 30

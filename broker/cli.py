@@ -155,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=_up)
 
-    from streams.cli import add_audit_commands
+    from streams.cli import add_audit_commands, add_integrity_commands
 
     add_audit_commands(sub)
+    add_integrity_commands(sub)
     return parser
 
 

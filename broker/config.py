@@ -144,6 +144,9 @@ class StreamSettings(_Section):
     head_every_seconds: Annotated[float, Field(gt=0)] = 10.0
     head_every_leaves: Annotated[int, Field(gt=0)] = 1000
     export_dir: Path = Path("audit-export")
+    # telerad integrity watch: its place in the PACS's change feed (written after each ack)
+    integrity_cursor_path: Path = Path("integrity/cursor.json")
+    integrity_sweep_per_second: Annotated[float, Field(gt=0)] = 50.0
 
 
 class Settings(BaseSettings):

@@ -399,6 +399,102 @@ def _prove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feed(settings: Settings) -> Any:
+    from streams.integrity import OrthancFeed
+
+    pacs = settings.pacs
+    rest = str(pacs.url).rstrip("/").removesuffix("/dicom-web")  # Orthanc's REST API beside it
+    auth = (
+        (pacs.username, pacs.password.get_secret_value())
+        if pacs.username and pacs.password
+        else None
+    )
+    return OrthancFeed(rest, auth)
+
+
+def _integrity_watch(args: argparse.Namespace) -> int:
+    from broker.audit.cloudevents import to_record
+    from broker.audit.kafka import make_producer
+    from streams.integrity import Cursor, watch
+
+    settings = _settings()
+    producer = make_producer(settings.kafka.bootstrap_servers)
+    stopping = threading.Event()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    def emit(events: list[Any]) -> None:
+        sent = []
+        for event in events:
+            key, value, headers = to_record(event, source="/telerad-broker/integrity")
+            sent.append(
+                producer.send(settings.kafka.audit_topic, key=key, value=value, headers=headers)
+            )
+        for future in sent:
+            future.get(timeout=30)  # durable before the cursor moves past them
+
+    def progress(line: str) -> None:
+        print(f"[telerad integrity watch] {line}", file=sys.stderr, flush=True)
+
+    feed = _feed(settings)
+    try:
+        stats = watch(
+            feed,
+            emit,
+            Cursor.load(settings.streams.integrity_cursor_path),
+            stop=stopping.is_set,
+            idle_exit_seconds=args.idle_exit,
+            progress=progress,
+        )
+    finally:
+        feed.close()
+        producer.close(5)
+    print(json.dumps({"backfilled": stats.backfilled, "recorded": stats.recorded}))
+    return 0
+
+
+def _integrity_verify(args: argparse.Namespace) -> int:
+    from streams.integrity import fingerprints_in_ledger, sweep
+    from streams.ledger_store import LedgerStore
+
+    settings = _settings()
+    with LedgerStore(settings.streams.ledger_path) as store:
+        recorded = fingerprints_in_ledger(store.leaf(i)[1] for i in range(store.size()))
+    feed = _feed(settings)
+    try:
+        report = sweep(
+            feed,
+            recorded,
+            per_second=args.rate or settings.streams.integrity_sweep_per_second,
+            progress=lambda line: print(f"[telerad integrity verify] {line}", file=sys.stderr),
+        )
+    finally:
+        feed.close()
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+def add_integrity_commands(sub: Any) -> None:
+    """Register ``telerad integrity ...`` on the top-level parser's subparsers."""
+    integrity = sub.add_parser("integrity", help="imaging integrity: fingerprints and sweeps")
+    cmds = integrity.add_subparsers(dest="integrity_command", required=True)
+    watch = cmds.add_parser(
+        "watch", help="fingerprint every instance the PACS stores into the ledger (backfill first)"
+    )
+    watch.add_argument(
+        "--idle-exit", type=float, metavar="SECONDS", help="stop when idle this long"
+    )
+    watch.set_defaults(func=_integrity_watch)
+    verify = cmds.add_parser(
+        "verify",
+        help="re-read the PACS and compare with the ledger's fingerprints; exit 1 on a finding",
+    )
+    verify.add_argument("--rate", type=float, help="instances per second (default: settings)")
+    verify.set_defaults(func=_integrity_verify)
+
+
 def add_audit_commands(sub: Any) -> None:
     """Register ``telerad audit ...`` on the top-level parser's subparsers."""
     audit = sub.add_parser("audit", help="the audit consumers and the auditor's tools")

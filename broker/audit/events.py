@@ -26,6 +26,7 @@ class EventKind(StrEnum):
     REVOKED = "revoked"
     BREAK_GLASS = "break_glass"
     CONSENT_CHANGED = "consent.changed"  # from the hospital's systems: detail.consent permit|deny
+    INSTANCE_STORED = "instance.stored"  # an instance's fingerprint at ingest (streams.integrity)
 
 
 class Outcome(StrEnum):

@@ -262,6 +262,8 @@ def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
         "Plugins": [str(provision.orthanc_dicomweb_plugin())],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
         "StorageCompression": False,
+        # every read from disk, as the integrity sweep and its drill need (no in-memory copy)
+        "MaximumStorageCacheSize": 0,
     }
     config_path = home / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
@@ -279,7 +281,7 @@ def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
         {"url": url, "dicomweb": f"{url}/dicom-web"},
         log_path,
         proc,
-        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD},
+        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD, "storage": str(home / "db")},
     )
 
 

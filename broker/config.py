@@ -144,6 +144,13 @@ class StreamSettings(_Section):
     head_every_seconds: Annotated[float, Field(gt=0)] = 10.0
     head_every_leaves: Annotated[int, Field(gt=0)] = 1000
     export_dir: Path = Path("audit-export")
+    # alerts that act (streams.containment): rules that revoke their subject everywhere
+    contain_rules: list[str] = Field(default_factory=list)  # e.g. ["bulk_access"]; opt-in
+    contain_allow: list[str] = Field(default_factory=list)  # subjects never contained
+    contain_seconds: Annotated[float, Field(gt=0)] = 8 * 3600.0
+    contain_cooldown_seconds: Annotated[float, Field(ge=0)] = 3600.0
+    alerts_bulk_studies: Annotated[int, Field(gt=1)] = 20
+    alerts_bulk_window_seconds: Annotated[int, Field(gt=0)] = 300
     # telerad integrity watch: its place in the PACS's change feed (written after each ack)
     integrity_cursor_path: Path = Path("integrity/cursor.json")
     integrity_sweep_per_second: Annotated[float, Field(gt=0)] = 50.0

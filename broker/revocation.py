@@ -39,6 +39,10 @@ class Revocations:
         if len(self._entries) % 1024 == 0:
             self._sweep()
 
+    def lift(self, kind: RevocationKind, value: str) -> None:
+        """End a revocation early (an operator lifting a containment)."""
+        self._entries.pop((kind, value), None)
+
     def is_revoked(self, kind: RevocationKind, value: str | None) -> bool:
         if value is None:
             return False
@@ -81,5 +85,8 @@ def apply_event(revocations: Revocations, event: AuditEvent) -> bool:
         value, until = str(entry["value"]), float(entry["until"])
     except (KeyError, TypeError, ValueError):
         return False
+    if entry.get("lifted") is True:
+        revocations.lift(kind, value)
+        return True
     revocations.revoke(kind, value, until=until)
     return True

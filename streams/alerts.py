@@ -32,6 +32,8 @@ class AlertRules:
     denial_window_seconds: int = 60  # ... within this window
     volume_per_hour: int = 60  # link issues or redemptions per hour
     quiet_hours: tuple[int, int] = (0, 5)  # [start, end) UTC hours counted as unusual
+    bulk_studies: int = 20  # distinct studies one subject asks for ...
+    bulk_window_seconds: int = 300  # ... within this window (bulk_access)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class AlertDetector:
         self._remember = remember
         self._denials: defaultdict[str, deque[float]] = defaultdict(deque)
         self._volume: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._studies: defaultdict[str, OrderedDict[str, float]] = defaultdict(OrderedDict)
 
     def handle(self, events: list[AuditEvent], publish: Callable[[Alert], None]) -> int:
         """Check each new event; ``publish`` every alert raised. Returns how many were raised."""
@@ -142,6 +145,28 @@ class AlertDetector:
                         "low",
                         f"{who} accessed a study not on their worklist",
                         reasons=list(event.reasons),
+                    )
+                )
+        if (
+            event.kind is EventKind.DECISION
+            and event.action in ("issue_link", "redeem")  # not search: every worklist asks it
+            and event.study_uid
+            and event.subject
+        ):
+            # many studies (allowed or not) in a short time: bulk access, the thief's pattern
+            studies = self._studies[who]
+            studies.pop(event.study_uid, None)
+            studies[event.study_uid] = at
+            while studies and at - next(iter(studies.values())) > self.rules.bulk_window_seconds:
+                studies.popitem(last=False)
+            if len(studies) == self.rules.bulk_studies:
+                alerts.append(
+                    self._alert(
+                        event,
+                        "bulk_access",
+                        "high",
+                        f"{who}: {len(studies)} studies within {self.rules.bulk_window_seconds} s",
+                        studies=list(studies),
                     )
                 )
         if event.kind in (EventKind.LINK_ISSUED, EventKind.LINK_REDEEMED):

@@ -116,15 +116,39 @@ def _ledger(args: argparse.Namespace) -> int:
 
 
 def _alerts(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from broker.audit.kafka import make_producer
-    from streams.alerts import Alert, AlertDetector
+    from streams.alerts import Alert, AlertDetector, AlertRules
+    from streams.containment import Containment
     from streams.runner import ConsumerRunner
 
     settings = _settings()
+    cfg = settings.streams
     producer = make_producer(settings.kafka.bootstrap_servers)
-    detector = AlertDetector()
+    detector = AlertDetector(
+        AlertRules(
+            bulk_studies=cfg.alerts_bulk_studies, bulk_window_seconds=cfg.alerts_bulk_window_seconds
+        )
+    )
+    containment = Containment(
+        cfg.contain_rules,
+        allow=cfg.contain_allow,
+        seconds=cfg.contain_seconds,
+        cooldown_seconds=cfg.contain_cooldown_seconds,
+    )
 
     def publish(alert: Alert) -> None:
+        contained = containment.event_for(alert)
+        if contained is not None:
+            # durable on the audit topic (the ledger) and the control topic (every replica)
+            # before the alert says so
+            _publish_control(settings, producer, contained, source="/telerad-broker/alerts")
+            alert = replace(
+                alert,
+                severity="high",
+                detail=alert.detail | {"contained": True, "containment_event": contained.id},
+            )
         producer.send(
             settings.streams.alerts_topic,
             key=(alert.subject or alert.id).encode(),
@@ -154,6 +178,42 @@ def _alerts(args: argparse.Namespace) -> int:
     stats = runner.run(idle_exit_seconds=args.idle_exit)
     producer.close(5)
     print(json.dumps({"events": stats.events, "dead_letters": stats.dead_letters}))
+    return 0
+
+
+def _publish_control(settings: Settings, producer: Any, event: Any, *, source: str) -> None:
+    """An event every replica applies: on the audit and the control topic, both acknowledged."""
+    from broker.audit.cloudevents import to_record
+
+    key, value, headers = to_record(event, source=source)
+    sent = [
+        producer.send(topic, key=key, value=value, headers=headers)
+        for topic in (settings.kafka.audit_topic, settings.kafka.revocation_topic)
+    ]
+    for future in sent:
+        future.get(timeout=30)
+
+
+def _lift(args: argparse.Namespace) -> int:
+    import getpass
+
+    from broker.audit.kafka import make_producer
+    from streams.containment import lift_event
+
+    settings = _settings()
+    if len(args.reason.strip()) < 10:
+        print(
+            "telerad audit containment lift: say why (--reason, 10 characters or more)",
+            file=sys.stderr,
+        )
+        return 2
+    producer = make_producer(settings.kafka.bootstrap_servers)
+    try:
+        event = lift_event(args.subject, args.reason.strip(), f"operator:{getpass.getuser()}")
+        _publish_control(settings, producer, event, source="/telerad-broker/operator")
+    finally:
+        producer.close(5)
+    print(json.dumps({"lifted": args.subject, "event_id": event.id}))
     return 0
 
 
@@ -551,6 +611,15 @@ def add_audit_commands(sub: Any) -> None:
         "rolled-back ledger can pass",
     )
     verify.set_defaults(func=_verify)
+
+    contain = cmds.add_parser("containment", help="alerts that acted: lift a containment")
+    contain_cmds = contain.add_subparsers(dest="containment_command", required=True)
+    lift = contain_cmds.add_parser(
+        "lift", help="end a containment on every replica (an audited event)"
+    )
+    lift.add_argument("subject", help="the contained subject, e.g. npi:1000000001")
+    lift.add_argument("--reason", required=True, help="why (recorded with the event)")
+    lift.set_defaults(func=_lift)
 
     prove = cmds.add_parser("prove", help="inclusion proof of one event under the latest head")
     prove.add_argument("event_id")

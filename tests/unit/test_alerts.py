@@ -76,3 +76,54 @@ def test_redelivered_events_raise_nothing_new_and_ids_are_stable() -> None:
     again: list[Alert] = []
     AlertDetector().handle([event], again.append)
     assert again[0].id == out[0].id
+
+
+def test_bulk_access_across_many_studies_is_a_high_alert_once() -> None:
+    rules = AlertRules(bulk_studies=3, bulk_window_seconds=60)
+    events = [
+        AuditEvent(
+            kind=EventKind.DECISION,
+            outcome=Outcome.ALLOW if i % 2 else Outcome.DENY,
+            subject="npi:9",
+            action="issue_link",
+            study_uid=f"1.2.{i % 4}",
+        )
+        for i in range(8)
+    ]
+    bulk = [a for a in run(events, rules) if a.rule == "bulk_access"]
+    assert len(bulk) == 1 and bulk[0].severity == "high" and bulk[0].subject == "npi:9"
+    # the worklist asks the policy about every study: that is not bulk access
+    searches = [e.model_copy(update={"action": "search"}) for e in events]
+    assert not [a for a in run(searches, rules) if a.rule == "bulk_access"]
+
+
+def test_containment_is_opt_in_allow_listed_and_cools_down() -> None:
+    from streams.containment import Containment, lift_event
+
+    alert = Alert("a1", "bulk_access", "high", "npi:9", None, "e1", "t", "many studies")
+    now = [1000.0]
+    contain = Containment(
+        ["bulk_access"], allow=["npi:1"], cooldown_seconds=60, clock=lambda: now[0]
+    )
+    event = contain.event_for(alert)
+    assert event is not None and event.kind is EventKind.REVOKED
+    assert event.detail["revocation"] == {
+        "kind": "subject",
+        "value": "npi:9",
+        "until": 1000 + 8 * 3600,
+    }
+    assert event.detail["containment"]["rule"] == "bulk_access"
+    assert contain.event_for(alert) is None  # cooling down
+    now[0] += 61
+    assert contain.event_for(alert) is not None
+    assert Containment([]).event_for(alert) is None  # no rule marked: alerts only
+    from dataclasses import replace
+
+    assert contain.event_for(replace(alert, subject="npi:1")) is None  # allow-listed
+    from broker.revocation import RevocationKind, Revocations, apply_event
+
+    revocations = Revocations(clock=lambda: now[0])
+    assert apply_event(revocations, contain.event_for(replace(alert, subject="npi:7")))  # type: ignore[arg-type]
+    assert revocations.is_revoked(RevocationKind.SUBJECT, "npi:7")
+    assert apply_event(revocations, lift_event("npi:7", "false positive, checked", "operator:x"))
+    assert not revocations.is_revoked(RevocationKind.SUBJECT, "npi:7")

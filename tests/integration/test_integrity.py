@@ -81,6 +81,20 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
 
     # new instances arrive: the change feed brings them, once
     stored = [rest.post("/instances", content=blob).json() for blob in drill_instances(3)]
+    try:
+        drill(env, rest, orthanc, stored, on_pacs)
+    finally:  # the stack is shared: the drill's study goes, altered files and all
+        for instance in stored:
+            rest.delete(f"/instances/{instance['ID']}")
+
+
+def drill(
+    env: dict[str, str],
+    rest: httpx.Client,
+    orthanc: Any,
+    stored: list[dict[str, Any]],
+    on_pacs: int,
+) -> None:
     second = answer(telerad(env, "integrity", "watch", "--idle-exit", "2"))
     assert second == {"backfilled": 0, "recorded": 3}, second
     again = answer(telerad(env, "integrity", "watch", "--idle-exit", "2"))

@@ -59,6 +59,9 @@ class PolicyEnforcer:
         self._opa = opa
         self._audit = audit
         self._metrics = metrics
+        # The latest policy (bundle) revision any decision reported; decisions reused in a
+        # window hold only while it is unchanged (see broker.links.window).
+        self.policy_revision: str | None = None
 
     @staticmethod
     def build_input(
@@ -101,6 +104,8 @@ class PolicyEnforcer:
         policy_input = self.build_input(principal, action, operations, facts, context, break_glass)
         with self._metrics.decision_seconds.time():
             decision = await self._opa.decide(policy_input)
+        if decision.policy_revision is not None:
+            self.policy_revision = decision.policy_revision
         self._metrics.decisions.labels(action, "allow" if decision.allow else "deny").inc()
         for reason in decision.reasons:
             if reason.code.startswith("policy_"):

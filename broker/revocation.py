@@ -15,7 +15,11 @@ from typing import Any
 from broker.audit.events import AuditEvent, EventKind, Outcome
 from broker.audit.sink import AuditSink
 
-__all__ = ["RevocationKind", "Revocations", "apply_event", "revoke_everywhere"]
+__all__ = ["Listener", "RevocationKind", "Revocations", "apply_event", "revoke_everywhere"]
+
+# Told of every revocation and consent change in this process: (kind, value), where kind is a
+# RevocationKind or "consent" (value: the study UID). Decision windows end on these.
+Listener = Callable[[str, str], None]
 
 
 class RevocationKind(StrEnum):
@@ -31,6 +35,19 @@ class Revocations:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._entries: dict[tuple[RevocationKind, str], float] = {}
         self._clock = clock
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(kind, value)`` on every revocation and consent change from now on."""
+        self._listeners.append(listener)
+
+    def _notify(self, kind: str, value: str) -> None:
+        for listener in self._listeners:
+            listener(kind, value)
+
+    def consent_changed(self, study_uid: str) -> None:
+        """A study's consent changed (anything decided on the old consent must end)."""
+        self._notify("consent", study_uid)
 
     def revoke(self, kind: RevocationKind, value: str, *, until: float) -> None:
         """Revoke ``value`` until the epoch time ``until``."""
@@ -38,6 +55,7 @@ class Revocations:
         self._entries[key] = max(until, self._entries.get(key, 0.0))
         if len(self._entries) % 1024 == 0:
             self._sweep()
+        self._notify(kind.value, value)
 
     def is_revoked(self, kind: RevocationKind, value: str | None) -> bool:
         if value is None:
@@ -70,7 +88,14 @@ async def revoke_everywhere(
 
 
 def apply_event(revocations: Revocations, event: AuditEvent) -> bool:
-    """Apply a ``revoked`` event published by any replica; False if it is not one."""
+    """Apply a ``revoked`` event published by any replica; False if it is not one.
+
+    A ``consent.changed`` event is reported to the listeners too (decision windows on that
+    study end) and still answers False: the study facts apply it.
+    """
+    if event.kind is EventKind.CONSENT_CHANGED and event.study_uid:
+        revocations.consent_changed(event.study_uid)
+        return False
     if event.kind is not EventKind.REVOKED:
         return False
     entry = event.detail.get("revocation")

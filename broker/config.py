@@ -111,6 +111,9 @@ class OpaSettings(_Section):
     url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
     decision_path: str = "telerad/access/decision"
     timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 0.5
+    # How often each replica asks its sidecar which policy revision it serves; a new one ends
+    # every decision window here and is announced on the control topic (policy.revised).
+    revision_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
 class KafkaSettings(_Section):

@@ -17,8 +17,9 @@ from broker.audit.sink import AuditSink
 
 __all__ = ["Listener", "RevocationKind", "Revocations", "apply_event", "revoke_everywhere"]
 
-# Told of every revocation and consent change in this process: (kind, value), where kind is a
-# RevocationKind or "consent" (value: the study UID). Decision windows end on these.
+# Told of every revocation and fact change in this process: (kind, value), where kind is a
+# RevocationKind, "consent" or "assignment" (value: the study UID) or "policy" (value: the new
+# policy revision). Decision windows end on these.
 Listener = Callable[[str, str], None]
 
 
@@ -45,9 +46,10 @@ class Revocations:
         for listener in self._listeners:
             listener(kind, value)
 
-    def consent_changed(self, study_uid: str) -> None:
-        """A study's consent changed (anything decided on the old consent must end)."""
-        self._notify("consent", study_uid)
+    def changed(self, kind: str, value: str) -> None:
+        """A fact behind decisions changed: ``consent``/``assignment`` of a study (value: its
+        UID) or the ``policy`` revision (value: the new one). What was decided on it must end."""
+        self._notify(kind, value)
 
     def revoke(self, kind: RevocationKind, value: str, *, until: float) -> None:
         """Revoke ``value`` until the epoch time ``until``."""
@@ -88,14 +90,22 @@ async def revoke_everywhere(
 
 
 def apply_event(revocations: Revocations, event: AuditEvent) -> bool:
-    """Apply a ``revoked`` event published by any replica; False if it is not one.
+    """Apply a control event published by any replica; False if it is not one.
 
-    A ``consent.changed`` event is reported to the listeners too (decision windows on that
-    study end) and still answers False: the study facts apply it.
+    ``revoked`` adds to the revocation set. ``assignment.changed`` (a study's worklist
+    assignments, from the RIS feed) and ``policy.revised`` are reported to the listeners
+    (decision windows end). A ``consent.changed`` event is reported to the listeners too and
+    still answers False: the study facts apply it (first: see ``broker.app``).
     """
     if event.kind is EventKind.CONSENT_CHANGED and event.study_uid:
-        revocations.consent_changed(event.study_uid)
+        revocations.changed("consent", event.study_uid)
         return False
+    if event.kind is EventKind.ASSIGNMENT_CHANGED and event.study_uid:
+        revocations.changed("assignment", event.study_uid)
+        return True
+    if event.kind is EventKind.POLICY_REVISED and event.policy_revision:
+        revocations.changed("policy", event.policy_revision)
+        return True
     if event.kind is not EventKind.REVOKED:
         return False
     entry = event.detail.get("revocation")

@@ -16,6 +16,7 @@ from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
 from broker.links.token import LinkCodec
+from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
@@ -42,6 +43,7 @@ class AppState:
     proxy: DicomwebProxy
     metrics: Metrics
     dpop: DpopVerifier
+    windows: DecisionWindows
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -34,6 +34,12 @@ link.issued    DCM 110113 Security Alert DCM 110135 Object      E     110113 / 1
 revoked        DCM 110113 Security Alert 110135 (a link) or     E     110113 / 110135 or 110137
                                          110137 User Security
                                          Attributes Changed
+link.granted   DCM 110113 Security Alert AuthZ-Role (BALP)      E     110113 / 110132 (a redeem
+                                                                      decision, for a window)
+assignment.    DCM 110113 Security Alert DCM 110135             E     110113 / 110135
+changed
+policy.revised DCM 110113 Security Alert DCM 110129 Security    E     110113 / 110129
+                                         Configuration
 link.redeemed  rest (BALP Read)          read                   R     view: 110103 DICOM
                                                                       Instances Accessed;
                                                                       download: 110106 Export
@@ -191,6 +197,7 @@ _EMERGENCY_OVERRIDE = _Code("110127", "Emergency Override Started")
 _RESTRICTED_FUNCTION = _Code("110132", "Use of Restricted Function")
 _OBJECT_SECURITY_CHANGED = _Code("110135", "Object Security Attributes Changed")
 _USER_SECURITY_CHANGED = _Code("110137", "User security Attributes Changed")
+_SECURITY_CONFIGURATION = _Code("110129", "Security Configuration")
 _INSTANCES_ACCESSED = _Code("110103", "DICOM Instances Accessed")
 _EXPORT = _Code("110106", "Export")
 _APPLICATION = _Code("110150", "Application")
@@ -215,9 +222,19 @@ _AUDIT_RECORD_ID = _Code(
 
 _USER_AUTH_KINDS: Final = frozenset({"login", "login.failed", "step_up", "logout"})
 _AUTH_KINDS: Final = _USER_AUTH_KINDS | {"token.rejected"}
-_ACCESS_KINDS: Final = frozenset({"decision", "link.issued", "link.redeemed"})
+_ACCESS_KINDS: Final = frozenset({"decision", "link.issued", "link.granted", "link.redeemed"})
 _SECURITY_ALERT_KINDS: Final = frozenset(
-    {"token.rejected", "decision", "break_glass", "link.issued", "revoked", "consent.changed"}
+    {
+        "token.rejected",
+        "decision",
+        "break_glass",
+        "link.issued",
+        "link.granted",
+        "revoked",
+        "consent.changed",
+        "assignment.changed",
+        "policy.revised",
+    }
 )
 KINDS: Final = _USER_AUTH_KINDS | _SECURITY_ALERT_KINDS | {"link.redeemed"}
 _WARNING_KINDS: Final = frozenset({"login.failed", "token.rejected", "break_glass"})
@@ -229,6 +246,9 @@ _ALERT_DESCRIPTIONS: Final = {
     "link.issued": "Study access link issued",
     "revoked": "Access revoked",
     "consent.changed": "Patient consent to external reading changed",
+    "assignment.changed": "Study worklist assignments changed",
+    "policy.revised": "Access policy revision changed",
+    "link.granted": "Study access granted for a decision window",
 }
 
 _CE_TYPE = re.compile(r"org\.telerad\.(?P<kind>[a-z_.]+)\.v[0-9]+")
@@ -401,6 +421,9 @@ def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
         "break_glass": _EMERGENCY_OVERRIDE,
         "link.issued": _OBJECT_SECURITY_CHANGED,
         "consent.changed": _OBJECT_SECURITY_CHANGED,  # the study's access attributes changed
+        "assignment.changed": _OBJECT_SECURITY_CHANGED,
+        "policy.revised": _SECURITY_CONFIGURATION,
+        "link.granted": _AUTHZ_ROLE,  # the redeem decision, granted for a window
     }
     subtype = subtypes.get(kind) or (
         _OBJECT_SECURITY_CHANGED if event.link_id else _USER_SECURITY_CHANGED
@@ -477,7 +500,7 @@ def to_fhir_audit_event(
         agents.append(client)
     if ev.kind == "link.redeemed":
         broker_type = _SOURCE_ROLE
-    elif ev.kind in ("decision", "break_glass"):
+    elif ev.kind in ("decision", "break_glass", "link.granted"):
         broker_type = _AUTHSERVER
     else:
         broker_type = _APPLICATION

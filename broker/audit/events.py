@@ -26,6 +26,10 @@ class EventKind(StrEnum):
     REVOKED = "revoked"
     BREAK_GLASS = "break_glass"
     CONSENT_CHANGED = "consent.changed"  # from the hospital's systems: detail.consent permit|deny
+    ASSIGNMENT_CHANGED = "assignment.changed"  # from the RIS feed: a study's assignments changed
+    POLICY_REVISED = "policy.revised"  # a replica saw a new policy revision (policy_revision)
+    LINK_GRANTED = "link.granted"  # a decision window opened: the grant, durable before bytes
+    LINK_TRANSFERRED = "link.transferred"  # what flowed inside a window, per link and series
 
 
 class Outcome(StrEnum):

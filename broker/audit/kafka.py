@@ -17,7 +17,7 @@ import queue
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,18 +119,25 @@ class KafkaAuditSink:
 
     async def emit(self, event: AuditEvent) -> None:
         """Return once Kafka acknowledged ``event``; raise :class:`AuditUnavailable` otherwise."""
-        key, value, headers = to_record(event, source=self._source)
+        await self.emit_many([event])
+
+    async def emit_many(self, events: Sequence[AuditEvent]) -> None:
+        """Return once Kafka acknowledged every one of ``events`` (handed to the producer
+        together, so they share a batch and one round trip); :class:`AuditUnavailable` if not."""
         loop = asyncio.get_running_loop()
-        topics = [self._topic, *self._extra_topics(event)]
-        acks: list[asyncio.Future[None]] = [loop.create_future() for _ in topics]
+        records: list[_Record] = []
+        for event in events:
+            key, value, headers = to_record(event, source=self._source)
+            for topic in [self._topic, *self._extra_topics(event)]:
+                records.append(_Record(topic, key, value, headers, loop.create_future()))
         try:
             self._start_sender()
-            self._queue.put_nowait(_Outgoing(loop, topics, key, value, headers, acks))
-            await asyncio.wait_for(asyncio.gather(*acks), self._timeout)
-        except Exception as exc:  # whatever failed, the event is not durable: fail closed
+            self._queue.put_nowait(_Outgoing(loop, records))
+            await asyncio.wait_for(asyncio.gather(*(r.ack for r in records)), self._timeout)
+        except Exception as exc:  # whatever failed, the events are not durable: fail closed
             log.error(
                 "audit event not acknowledged by Kafka",
-                extra={"event_id": event.id, "error": type(exc).__name__},
+                extra={"event_id": ",".join(e.id for e in events), "error": type(exc).__name__},
             )
             raise AuditUnavailable() from exc  # its own message: nothing of Kafka reaches clients
 
@@ -145,14 +152,14 @@ class KafkaAuditSink:
         while (item := self._queue.get()) is not None:
             try:
                 producer = self._ensure_producer()
-                for topic, future in zip(item.topics, item.acks, strict=True):
+                for record in item.records:
                     sent = producer.send(
-                        topic, key=item.key, value=item.value, headers=item.headers
+                        record.topic, key=record.key, value=record.value, headers=record.headers
                     )
-                    _settle_on_ack(item.loop, sent, future)
+                    _settle_on_ack(item.loop, sent, record.ack)
             except Exception as exc:  # noqa: BLE001 - reported to the waiting request, not lost
-                for future in item.acks:
-                    item.loop.call_soon_threadsafe(_settle, future, exc)
+                for record in item.records:
+                    item.loop.call_soon_threadsafe(_settle, record.ack, exc)
 
     async def start(self) -> None:
         """Connect early (a failure here only logs: emit() fails closed, readiness reports it)."""
@@ -173,13 +180,18 @@ class KafkaAuditSink:
 
 
 @dataclass(frozen=True)
-class _Outgoing:
-    loop: asyncio.AbstractEventLoop
-    topics: list[str]
+class _Record:
+    topic: str
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-    acks: list[asyncio.Future[None]]
+    ack: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    loop: asyncio.AbstractEventLoop
+    records: list[_Record]
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -5,8 +5,11 @@
     GET  /links/{token}/dicom-web/{path}         redeem: DICOMweb below the linked study
 
 Redemption, on every request: open the token (404 if it does not open, 410 once expired or
-revoked), authenticate the caller and check the link's binding (403 for anyone else), ask the
-policy again (action ``redeem``), audit, and only then proxy to the PACS.
+revoked), check the path, authenticate the caller and check the link's binding (403 for anyone
+else), and only then proxy to the PACS. The policy (action ``redeem``) is asked on the holder's
+first request; an allow with the obligation ``redeem_window_seconds`` opens a decision window
+(``broker.links.window``) that later requests of that holder, link and operation reuse instead of
+asking again. The window's grant event is made durable with the decision before the first byte.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.audit import AuditEvent, AuditUnavailable, EventKind, Outcome
 from broker.crypto import b64u_encode
+from broker.dicomweb.facts import StudyFacts
 from broker.dicomweb.proxy import parse_path
 from broker.errors import (
     DependencyUnavailable,
@@ -37,6 +41,7 @@ from broker.identity.bearer import TokenRejected
 from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
+from broker.links.window import Window, WindowKey, window_seconds
 from broker.opa import Decision
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
@@ -89,16 +94,24 @@ def _binding(principal: Principal, request: Request) -> dict[str, str]:
     return {"sub": subject_binding(principal)}
 
 
-def _bound_to(claims: LinkClaims, principal: Principal, request: Request) -> bool:
+def _holder(claims: LinkClaims, principal: Principal, request: Request) -> str | None:
+    """The link's binding as this request presents it (``sid:…``, ``sub:…``, ``jkt:…``), or
+    None when the caller is not the holder."""
     ((kind, value),) = claims.binding.items()
     if kind == "sid":
-        return principal.via == "session" and principal.session_id == value
-    if kind == "sub":
-        return hmac.compare_digest(subject_binding(principal), value)
-    if kind == "jkt":
+        bound = principal.via == "session" and principal.session_id == value
+    elif kind == "sub":
+        bound = hmac.compare_digest(subject_binding(principal), value)
+    elif kind == "jkt":
         thumbprint = _dpop_thumbprint(request)
-        return thumbprint is not None and hmac.compare_digest(thumbprint, value)
-    return False
+        bound = thumbprint is not None and hmac.compare_digest(thumbprint, value)
+    else:
+        bound = False
+    return f"{kind}:{value}" if bound else None
+
+
+def _bound_to(claims: LinkClaims, principal: Principal, request: Request) -> bool:
+    return _holder(claims, principal, request) is not None
 
 
 def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
@@ -215,6 +228,7 @@ async def redeem(token: str, path: str, request: Request) -> Response:
     claims: LinkClaims | None = None
     principal: Principal | None = None
     operation: str | None = None
+    decision: Decision | None = None
     reason = "invalid_link"
     try:
         try:
@@ -236,29 +250,114 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         reason = "unauthenticated"
         principal = await current_principal(request)
         reason = "not_link_holder"
-        if not _bound_to(claims, principal, request) or principal.id != claims.subject:
+        holder = _holder(claims, principal, request)
+        if holder is None or principal.id != claims.subject:
             raise Forbidden("This link was issued to someone else.")
         reason = "operation_not_in_link"
         if parsed.operation not in claims.operations:
             raise Forbidden("This link does not allow that operation.")
-        reason = "study_unavailable"
-        facts = await state.facts.get(claims.study_uid)
-        reason = "policy_denied"
-        decision = await state.enforcer.authorize(
-            principal, "redeem", [parsed.operation], facts, context
-        )
-        if not decision.allow:
-            _refuse(decision, principal, request)
+        key = WindowKey(claims.link_id, holder, principal.id, parsed.operation)
+        window = state.windows.get(key, policy_revision=state.enforcer.policy_revision)
+        if window is None:
+            async with state.windows.deciding(key):
+                # a concurrent first request may have opened it while this one waited
+                window = state.windows.get(key, policy_revision=state.enforcer.policy_revision)
+                if window is None:
+                    reason = "study_unavailable"
+                    facts = await state.facts.get(claims.study_uid)
+                    reason = "policy_denied"
+                    decision, window = await _decide_window(
+                        state, key, claims, principal, facts, context, request
+                    )
     except TeleradError as exc:
         state.metrics.redemptions.labels(reason).inc()
         await _audit_redeem(state, claims, principal, operation, Outcome.DENY, [reason], context)
         raise exc from None
-    state.metrics.redemptions.labels("allow").inc()
-    await _audit_redeem(state, claims, principal, operation, Outcome.ALLOW, [], context, decision)
+    state.metrics.redemptions.labels("allow" if decision is not None else "window").inc()
+    decision_id = decision.decision_id if decision is not None else None
+    if decision_id is None and window is not None:
+        decision_id = window.decision_id
+    await _audit_redeem(
+        state, claims, principal, operation, Outcome.ALLOW, [], context, decision_id
+    )
     link_base = f"{str(state.settings.public_url).rstrip('/')}/links/{token}/dicom-web"
     return await state.proxy.forward(
         parsed, list(request.query_params.multi_items()), dict(request.headers), link_base
     )
+
+
+async def _decide_window(
+    state: AppState,
+    key: WindowKey,
+    claims: LinkClaims,
+    principal: Principal,
+    facts: StudyFacts,
+    context: RequestContext,
+    request: Request,
+) -> tuple[Decision, Window | None]:
+    """Ask the policy (action ``redeem``); on an allow with ``redeem_window_seconds``, open a
+    window whose grant event is made durable together with the decision's.
+
+    Raises the refusal on a deny.
+    """
+    generation = state.windows.generation
+    opened: list[Window] = []
+
+    def grant(decision: Decision, decided: AuditEvent) -> list[AuditEvent]:
+        seconds = window_seconds(
+            decision.obligations.get("redeem_window_seconds"),
+            now=context.now,
+            link_expires_at=claims.expires_at,
+        )
+        if not decision.allow or seconds <= 0:
+            return []
+        event = AuditEvent(
+            kind=EventKind.LINK_GRANTED,
+            outcome=Outcome.ALLOW,
+            subject=principal.id,
+            issuer=principal.issuer,
+            roles=list(principal.roles),
+            action="redeem",
+            study_uid=claims.study_uid,
+            operations=[key.operation],
+            decision_id=decision.decision_id,
+            policy_revision=decision.policy_revision,
+            client_ip=context.client_ip,
+            user_agent=context.user_agent,
+            session_id=principal.session_id,
+            link_id=claims.link_id,
+            detail={
+                "window_start": context.now,
+                "window_end": context.now + seconds,
+                "holder": key.holder.split(":", 1)[0],
+                "decision_event": decided.id,
+            },
+        )
+        opened.append(
+            Window(
+                key=key,
+                study_uid=claims.study_uid,
+                session_id=principal.session_id,
+                decision_id=decision.decision_id,
+                policy_revision=decision.policy_revision,
+                start=context.now,
+                end=context.now + seconds,
+                grant_id=event.id,
+            )
+        )
+        return [event]
+
+    decision = await state.enforcer.authorize(
+        principal, "redeem", [key.operation], facts, context, also=grant
+    )
+    if not decision.allow:
+        _refuse(decision, principal, request)
+    if not opened:
+        return decision, None
+    # The grant is durable. The window opens for later requests unless a change arrived while
+    # it was being decided; this request is covered by its grant either way.
+    state.windows.open(opened[0], generation=generation)
+    return decision, opened[0]
 
 
 async def _audit_redeem(
@@ -269,7 +368,7 @@ async def _audit_redeem(
     outcome: Outcome,
     reasons: list[str],
     context: RequestContext,
-    decision: Decision | None = None,
+    decision_id: str | None = None,
 ) -> None:
     await state.audit.emit(
         AuditEvent(
@@ -281,7 +380,7 @@ async def _audit_redeem(
             study_uid=claims.study_uid if claims else None,
             operations=[operation] if operation else [],
             reasons=reasons,
-            decision_id=decision.decision_id if decision else None,
+            decision_id=decision_id,
             link_id=claims.link_id if claims else None,
             client_ip=context.client_ip,
             user_agent=context.user_agent,

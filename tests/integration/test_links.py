@@ -271,9 +271,11 @@ class TestRedeem:
             ).status_code
             == 200
         )
-        decisions = [e for e in live_broker.audit.events if e.action == "redeem"]
-        assert len(decisions) == before + 2  # the redeem decision and the redemption record
-        assert decisions[-2].kind.value == "decision" and decisions[-2].outcome.value == "allow"
+        events = [e for e in live_broker.audit.events if e.action == "redeem"][before:]
+        # the redeem decision, the window it opens (its grant), and the redemption record
+        assert [e.kind.value for e in events] == ["decision", "link.granted", "link.redeemed"]
+        assert events[0].outcome.value == "allow"
+        assert events[1].decision_id == events[0].decision_id
 
 
 class TestDpopBinding:

@@ -1,0 +1,267 @@
+"""Decision windows against the real stack: one decision per holder and link, ended everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+
+from broker.audit.events import AuditEvent, EventKind, Outcome
+from broker.audit.kafka import KafkaAuditSink
+from broker.audit.sink import MemorySink
+from broker.config import Settings
+from broker.stack import services
+from broker.stack._procs import free_port
+from broker.stack.samples import sample_studies
+from broker.stack.stack import Stack, repo_root
+from tests.integration.conftest import LiveBroker, serve
+from tests.integration.helpers import password_token
+
+pytestmark = pytest.mark.integration
+
+STUDY = {s.key: s for s in sample_studies()}
+CT = STUDY["stolaf-ct-chest"]
+LINK_KEY = base64.urlsafe_b64encode(b"w" * 32).rstrip(b"=").decode()  # dev-only, test-only key
+
+
+def token(stack: Stack, user: str) -> str:
+    return password_token(stack.services["keycloak"].endpoints["hospital-a"], user)
+
+
+def issue(url: str, bearer: str, study: str = CT.study_uid) -> dict[str, Any]:
+    response = httpx.post(
+        f"{url}/api/links",
+        json={"study_uid": study},
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    link: dict[str, Any] = response.json()
+    return link
+
+
+def metadata(link: dict[str, Any], bearer: str, base: str | None = None) -> int:
+    """GET the linked study's metadata (through replica ``base`` when given)."""
+    target = link["url"]
+    if base is not None:
+        target = base + "/links/" + target.split("/links/", 1)[1]
+    return httpx.get(
+        f"{target}/metadata", headers={"Authorization": f"Bearer {bearer}"}, timeout=30
+    ).status_code
+
+
+def redeem_decisions(audit: MemorySink) -> list[AuditEvent]:
+    """The policy decisions of action redeem."""
+    return [e for e in audit.events if e.kind is EventKind.DECISION and e.action == "redeem"]
+
+
+def grants(audit: MemorySink, link_id: str) -> list[AuditEvent]:
+    return [e for e in audit.events if e.kind is EventKind.LINK_GRANTED and e.link_id == link_id]
+
+
+class TestOneReplica:
+    def test_the_first_redemption_decides_the_rest_reuse(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        ada = token(stack, "ada")
+        link = issue(live_broker.url, ada)
+        for _ in range(5):
+            assert metadata(link, ada) == 200
+        assert len(redeem_decisions(live_broker.audit)) == 1
+        (grant,) = grants(live_broker.audit, link["link_id"])
+        decision = redeem_decisions(live_broker.audit)[0]
+        assert grant.decision_id == decision.decision_id
+        assert grant.detail["window_end"] - grant.detail["window_start"] == 30  # the policy's
+        assert grant.detail["holder"] == "sub"
+        assert grant.operations == ["view"]
+        # the grant is recorded with its decision, before the first answer
+        kinds = [e.kind for e in live_broker.audit.events if e.link_id == link["link_id"]]
+        assert kinds.index(EventKind.LINK_GRANTED) < kinds.index(EventKind.LINK_REDEEMED)
+
+    def test_another_link_or_holder_does_not_reuse_it(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        ada, ben = token(stack, "ada"), token(stack, "ben")
+        first, second = issue(live_broker.url, ada), issue(live_broker.url, ada)
+        assert metadata(first, ada) == 200
+        assert metadata(second, ada) == 200  # its own decision
+        assert len(redeem_decisions(live_broker.audit)) == 2
+        # someone else with the link: refused before any window is looked at
+        assert metadata(first, ben) == 403
+        assert len(redeem_decisions(live_broker.audit)) == 2
+
+    def test_concurrent_first_requests_ask_once(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        ada = token(stack, "ada")
+        link = issue(live_broker.url, ada)
+
+        async def viewer() -> list[int]:
+            async with httpx.AsyncClient(
+                headers={"Authorization": f"Bearer {ada}"}, timeout=30
+            ) as client:
+                answers = await asyncio.gather(
+                    *(client.get(f"{link['url']}/metadata") for _ in range(6))
+                )
+            return [a.status_code for a in answers]
+
+        assert asyncio.run(viewer()) == [200] * 6
+        assert len(redeem_decisions(live_broker.audit)) == 1
+        assert len(grants(live_broker.audit, link["link_id"])) == 1
+
+    def test_revoking_the_link_ends_its_window(self, live_broker: LiveBroker, stack: Stack) -> None:
+        ada = token(stack, "ada")
+        link = issue(live_broker.url, ada)
+        assert metadata(link, ada) == 200
+        windows = live_broker.app.state.telerad.windows
+        assert len(windows) == 1
+        revoked = httpx.post(
+            f"{live_broker.url}/api/links/{link['link_id']}/revoke",
+            headers={"Authorization": f"Bearer {ada}"},
+        )
+        assert revoked.status_code == 204, revoked.text
+        assert len(windows) == 0
+        assert metadata(link, ada) == 410
+
+
+@pytest.fixture
+def topics(broker_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Fresh Kafka topics, the Kafka sink, and one link key for every replica."""
+    suffix = uuid.uuid4().hex[:10]
+    names = {
+        "TELERAD_KAFKA__AUDIT_TOPIC": f"audit-{suffix}",
+        "TELERAD_KAFKA__REVOCATION_TOPIC": f"revocations-{suffix}",
+        "TELERAD_AUDIT_SINK": "kafka",
+        "TELERAD_LINKS__KEYS": json.dumps({"k1": LINK_KEY}),
+    }
+    with mock.patch.dict(os.environ, names):
+        yield names
+
+
+def publish(stack: Stack, topic: str, event: AuditEvent) -> None:
+    """What the hospital's systems (or another replica) put on the control topic."""
+    sink = KafkaAuditSink(
+        stack.services["kafka"].endpoints["bootstrap"], topic, source="/hospital/test"
+    )
+
+    async def run() -> None:
+        await sink.start()
+        await sink.emit(event)
+        await sink.close()
+
+    asyncio.run(run())
+
+
+def second_replica() -> Settings:
+    with mock.patch.dict(
+        os.environ,
+        {"TELERAD_PUBLIC_URL": f"http://127.0.0.1:{free_port()}", "TELERAD_INSTANCE_ID": "b"},
+    ):
+        return Settings()
+
+
+def until(predicate: Any, what: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+class TestEveryReplica:
+    def test_consent_change_ends_windows_and_the_next_request_is_denied(
+        self, stack: Stack, topics: dict[str, str]
+    ) -> None:
+        ada = token(stack, "ada")
+        with serve(Settings()) as a, serve(second_replica()) as b:
+            link = issue(a.url, ada)
+            assert metadata(link, ada) == 200
+            assert metadata(link, ada, base=b.url) == 200  # a window on each replica
+            windows_a = a.app.state.telerad.windows
+            windows_b = b.app.state.telerad.windows
+            assert (len(windows_a), len(windows_b)) == (1, 1)
+            publish(
+                stack,
+                topics["TELERAD_KAFKA__REVOCATION_TOPIC"],
+                AuditEvent(
+                    kind=EventKind.CONSENT_CHANGED,
+                    outcome=Outcome.SUCCESS,
+                    study_uid=CT.study_uid,
+                    detail={"consent": "deny", "by": "hospital consent registry"},
+                ),
+            )
+            until(lambda: len(windows_a) == len(windows_b) == 0, "windows still open")
+            # the window ended: the next request asks again, and the stream stops there
+            assert metadata(link, ada) == 403
+            assert metadata(link, ada, base=b.url) == 403
+
+    def test_policy_revision_ends_windows_on_every_replica(
+        self, stack: Stack, topics: dict[str, str]
+    ) -> None:
+        ada = token(stack, "ada")
+        with serve(Settings()) as a, serve(second_replica()) as b:
+            link = issue(a.url, ada)
+            assert metadata(link, ada) == 200
+            assert metadata(link, ada, base=b.url) == 200
+            windows = [a.app.state.telerad.windows, b.app.state.telerad.windows]
+            assert [len(w) for w in windows] == [1, 1]
+            publish(
+                stack,
+                topics["TELERAD_KAFKA__REVOCATION_TOPIC"],
+                AuditEvent(
+                    kind=EventKind.POLICY_REVISED,
+                    outcome=Outcome.SUCCESS,
+                    policy_revision="policy-bundle.tar.gz@a-newer-revision",
+                ),
+            )
+            until(lambda: [len(w) for w in windows] == [0, 0], "windows still open")
+            assert metadata(link, ada) == 200  # decided again, a new window
+            assert [len(w) for w in windows] == [1, 0]
+
+
+class TestAssignmentChange:
+    @pytest.fixture
+    def own_opa(self, tmp_path: Any) -> Iterator[Any]:
+        policies = repo_root() / "policies"
+        paths = [policies / "telerad", policies / "data"]
+        service = services.start_opa(tmp_path, policy_paths=paths)
+        yield service
+        service.stop()
+
+    def test_assignment_change_ends_the_window(
+        self, stack: Stack, topics: dict[str, str], own_opa: Any
+    ) -> None:
+        opa = own_opa.endpoints["url"]
+        uid = CT.study_uid
+        assigned = httpx.get(f"{opa}/v1/data/telerad/assignments/{uid}").json()["result"]
+        patch = [
+            {"op": "add", "path": "/radiologists/npi:1000000002/licenses/-", "value": "US-CA"},
+            {"op": "add", "path": "/radiologists/npi:1000000002/privileges/-", "value": "st-olaf"},
+            {"op": "add", "path": f"/assignments/{uid}/-", "value": "npi:1000000002"},
+        ]
+        assert httpx.patch(f"{opa}/v1/data/telerad", json=patch).status_code == 204
+        ben = token(stack, "ben")
+        with mock.patch.dict(os.environ, {"TELERAD_OPA__URL": opa}), serve(Settings()) as live:
+            link = issue(live.url, ben)
+            assert metadata(link, ben) == 200
+            unassign = [{"op": "replace", "path": f"/assignments/{uid}", "value": assigned}]
+            assert httpx.patch(f"{opa}/v1/data/telerad", json=unassign).status_code == 204
+            # nothing has told the broker yet: the window still holds (the RIS feed's event
+            # is what ends it)
+            assert metadata(link, ben) == 200
+            publish(
+                stack,
+                topics["TELERAD_KAFKA__REVOCATION_TOPIC"],
+                AuditEvent(
+                    kind=EventKind.ASSIGNMENT_CHANGED, outcome=Outcome.SUCCESS, study_uid=uid
+                ),
+            )
+            until(lambda: metadata(link, ben) == 403, "the window was not ended")

@@ -34,6 +34,7 @@ from broker.identity.sessions import EncryptedSessionMiddleware
 from broker.links.endpoints import api_router as links_api_router
 from broker.links.endpoints import redeem_router
 from broker.links.token import LinkCodec
+from broker.links.transfers import TransferLog
 from broker.links.window import DecisionWindows
 from broker.logs import configure_logging
 from broker.metrics import Metrics
@@ -184,6 +185,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             if isinstance(audit_sink, KafkaAuditSink):
                 await audit_sink.start()
             watcher: asyncio.Task[None] | None = None
+            transfers = TransferLog(audit_sink, flush_seconds=settings.links.transfer_flush_seconds)
             try:
                 bearer = BearerValidator(settings.identity, settings.issuers, http)
                 app.state.telerad = AppState(
@@ -208,7 +210,9 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     metrics=metrics,
                     dpop=DpopVerifier(),
                     windows=windows,
+                    transfers=transfers,
                 )
+                transfers.start()
                 if listener is not None:
                     listener.start()  # after the state it applies events to exists
                 watcher = asyncio.create_task(_watch_policy_revision(_state(app)))
@@ -216,6 +220,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             finally:
                 if watcher is not None:
                     watcher.cancel()
+                await transfers.close()  # the last second of transfer records, before the sink
                 if listener is not None:
                     await asyncio.to_thread(listener.stop)
                 await opa.close()

@@ -103,6 +103,9 @@ class LinkSettings(_Section):
 
     keys: dict[str, SecretStr] = Field(default_factory=dict)
     active_key: str | None = None
+    # Reads inside a decision window are aggregated and written at least this often (seconds);
+    # a crash loses at most this much per-instance detail, never a grant.
+    transfer_flush_seconds: Annotated[float, Field(gt=0, le=5)] = 1.0
 
 
 class OpaSettings(_Section):

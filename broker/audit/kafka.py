@@ -239,6 +239,10 @@ class RevocationListener:
                         self._topic,
                         group_id=f"telerad-revocations-{self._instance}-{uuid.uuid4().hex[:8]}",
                         client_id=f"telerad-revocations-{self._instance}",
+                        # A control topic created after this replica subscribed (a fresh
+                        # cluster, auto-created on first write) is seen at the next metadata
+                        # refresh: seconds, not kafka-python's default 5 minutes.
+                        metadata_max_age_ms=5000,
                     )
                 for records in consumer.poll(timeout_ms=250).values():
                     for record in records:

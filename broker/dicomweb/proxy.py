@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -262,10 +262,17 @@ class DicomwebProxy:
         query: list[tuple[str, str]],
         headers: dict[str, str],
         link_base: str,
+        on_done: Callable[[int, bool], None] | None = None,
     ) -> Response:
-        """Send the request upstream and stream the answer back (JSON rewritten)."""
+        """Send the request upstream and stream the answer back (JSON rewritten).
+
+        ``on_done(bytes, complete)`` is told what reached the client once the body is out (a
+        transfer record); answers raised as errors are not reported to it.
+        """
+        done = on_done or _ignore
         params = upstream_query(parsed, query)
         if params is None:
+            done(2, True)
             return _empty_search()  # the client asked only for other studies
         sent = {k: v[:512] for k, v in headers.items() if k.lower() in _PASS_HEADERS}
         if parsed.study_search:
@@ -287,6 +294,7 @@ class DicomwebProxy:
         if status != 200:
             await upstream.aclose()
             if parsed.query and (status == 204 or (parsed.study_search and status in (400, 404))):
+                done(2, True)
                 return _empty_search()
             if status in (400, 404):
                 raise NotFound()
@@ -313,12 +321,13 @@ class DicomwebProxy:
             out_headers.pop("content-encoding", None)
             if parsed.study_search:
                 out_headers.pop("etag", None)  # the PACS's tag names what it sent, not this
+            done(len(rewritten), True)
             return Response(rewritten, status_code=200, headers=out_headers)
         out_headers.pop("content-encoding", None)  # httpx streams decoded bytes below
         if upstream.headers.get("content-encoding"):
             out_headers.pop("content-length", None)
         return StreamingResponse(
-            _relay(upstream),
+            _relay(upstream, done),
             status_code=200,
             headers=out_headers,
             background=BackgroundTask(upstream.aclose),
@@ -354,9 +363,20 @@ def _root_spellings(root: str) -> list[str]:
     return sorted(spellings, key=len, reverse=True)
 
 
-async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
+def _ignore(_size: int, _complete: bool) -> None:
+    return None
+
+
+async def _relay(
+    upstream: httpx.Response, done: Callable[[int, bool], None]
+) -> AsyncIterator[bytes]:
+    sent, complete = 0, False
     try:
         async for chunk in upstream.aiter_bytes():
             yield chunk
+            sent += len(chunk)
+        complete = True
     except httpx.HTTPError:
         return  # the PACS broke off mid-stream; the client sees a short body, never a 500
+    finally:
+        done(sent, complete)  # also when the client went away (the generator is closed)

@@ -9,7 +9,9 @@ revoked), check the path, authenticate the caller and check the link's binding (
 else), and only then proxy to the PACS. The policy (action ``redeem``) is asked on the holder's
 first request; an allow with the obligation ``redeem_window_seconds`` opens a decision window
 (``broker.links.window``) that later requests of that holder, link and operation reuse instead of
-asking again. The window's grant event is made durable with the decision before the first byte.
+asking again. The window's grant event is made durable with the decision before the first byte;
+the reads inside it are recorded as aggregated ``link.transferred`` events. Without a window each
+request records its own ``link.redeemed`` event, durably, before it is answered.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from broker.identity.bearer import TokenRejected
 from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
+from broker.links.transfers import Transferred
 from broker.links.window import Window, WindowKey, window_seconds
 from broker.opa import Decision
 from broker.policy import RequestContext
@@ -274,16 +277,41 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         await _audit_redeem(state, claims, principal, operation, Outcome.DENY, [reason], context)
         raise exc from None
     state.metrics.redemptions.labels("allow" if decision is not None else "window").inc()
-    decision_id = decision.decision_id if decision is not None else None
-    if decision_id is None and window is not None:
-        decision_id = window.decision_id
-    await _audit_redeem(
-        state, claims, principal, operation, Outcome.ALLOW, [], context, decision_id
-    )
     link_base = f"{str(state.settings.public_url).rstrip('/')}/links/{token}/dicom-web"
-    return await state.proxy.forward(
-        parsed, list(request.query_params.multi_items()), dict(request.headers), link_base
+    query = list(request.query_params.multi_items())
+    if window is None:
+        # no window (the policy gave none): this request is recorded on its own, durably
+        decision_id = decision.decision_id if decision is not None else None
+        await _audit_redeem(
+            state, claims, principal, operation, Outcome.ALLOW, [], context, decision_id
+        )
+        return await state.proxy.forward(parsed, query, dict(request.headers), link_base)
+    # Inside a window the grant is durable already; what flows is aggregated per link and
+    # series and flushed every second (broker.links.transfers).
+    who = Transferred(
+        link_id=claims.link_id,
+        grant_id=window.grant_id,
+        decision_id=window.decision_id,
+        subject=principal.id,
+        issuer=principal.issuer,
+        session_id=principal.session_id,
+        study_uid=claims.study_uid,
+        operation=parsed.operation,
+        client_ip=context.client_ip,
+        user_agent=context.user_agent,
     )
+    upstream = parsed.upstream
+
+    def transferred(size: int, complete: bool) -> None:
+        state.transfers.record(who, upstream, size=size, ok=complete)
+
+    try:
+        return await state.proxy.forward(
+            parsed, query, dict(request.headers), link_base, on_done=transferred
+        )
+    except TeleradError:
+        transferred(0, False)
+        raise
 
 
 async def _decide_window(

@@ -9,6 +9,7 @@ import html
 import re
 import struct
 import time
+from typing import Any
 
 import httpx
 
@@ -102,3 +103,17 @@ def keycloak_admin(base_url: str) -> dict[str, str]:
     )
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def transfer_records(audit: Any, link_id: str | None = None, *, at_least: int = 1) -> list[Any]:
+    """The ``link.transferred`` events a broker has flushed (waiting a few flush intervals)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [
+            e
+            for e in audit.events
+            if e.kind.value == "link.transferred" and link_id in (None, e.link_id)
+        ]
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

@@ -24,7 +24,7 @@ from broker.stack._procs import free_port
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token
+from tests.integration.helpers import password_token, transfer_records
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +59,13 @@ def metadata(link: dict[str, Any], bearer: str, base: str | None = None) -> int:
     ).status_code
 
 
+def study_instances(link: dict[str, Any], headers: dict[str, str]) -> list[tuple[str, str]]:
+    """(series UID, SOP Instance UID) of every instance of the linked study, from its metadata."""
+    answer = httpx.get(f"{link['url']}/metadata", headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return sorted((ds["0020000E"]["Value"][0], ds["00080018"]["Value"][0]) for ds in answer.json())
+
+
 def redeem_decisions(audit: MemorySink) -> list[AuditEvent]:
     """The policy decisions of action redeem."""
     return [e for e in audit.events if e.kind is EventKind.DECISION and e.action == "redeem"]
@@ -83,9 +90,37 @@ class TestOneReplica:
         assert grant.detail["window_end"] - grant.detail["window_start"] == 30  # the policy's
         assert grant.detail["holder"] == "sub"
         assert grant.operations == ["view"]
-        # the grant is recorded with its decision, before the first answer
-        kinds = [e.kind for e in live_broker.audit.events if e.link_id == link["link_id"]]
-        assert kinds.index(EventKind.LINK_GRANTED) < kinds.index(EventKind.LINK_REDEEMED)
+        # the grant is recorded with its decision; the reads as one aggregate, not five events
+        (record,) = transfer_records(live_broker.audit, link["link_id"])
+        assert record.detail["requests"] == 5 and record.detail["grant_event"] == grant.id
+        assert not [e for e in live_broker.audit.events if e.kind is EventKind.LINK_REDEEMED]
+
+    def test_frames_are_recorded_per_series_with_instances_and_frames(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        ada = token(stack, "ada")
+        link = issue(live_broker.url, ada)
+        headers = {"Authorization": f"Bearer {ada}"}
+        instances = study_instances(link, headers)
+        for series, sop in instances:
+            got = httpx.get(
+                f"{link['url']}/series/{series}/instances/{sop}/frames/1",
+                headers=headers | {"Accept": "multipart/related; type=application/octet-stream"},
+                timeout=30,
+            )
+            assert got.status_code == 200, got.text
+        series_records = [
+            e
+            for e in transfer_records(live_broker.audit, link["link_id"], at_least=2)
+            if e.detail["series_uid"] is not None
+        ]
+        recorded = {
+            (e.detail["series_uid"], i["sop_instance_uid"]): i["frames"]
+            for e in series_records
+            for i in e.detail["instances"]
+        }
+        assert recorded == {instance: [1] for instance in instances}
+        assert all(e.detail["bytes"] > 0 and e.detail["failed"] == 0 for e in series_records)
 
     def test_another_link_or_holder_does_not_reuse_it(
         self, live_broker: LiveBroker, stack: Stack
@@ -134,8 +169,12 @@ class TestOneReplica:
 
 
 @pytest.fixture
-def topics(broker_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Fresh Kafka topics, the Kafka sink, and one link key for every replica."""
+def topics(stack: Stack, broker_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Fresh Kafka topics (created up front, as a deployment has them: a listener subscribed to
+    a topic that does not exist yet only sees it at its next metadata refresh), the Kafka sink,
+    and one link key for every replica."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
     suffix = uuid.uuid4().hex[:10]
     names = {
         "TELERAD_KAFKA__AUDIT_TOPIC": f"audit-{suffix}",
@@ -143,6 +182,13 @@ def topics(broker_env: dict[str, str]) -> Iterator[dict[str, str]]:
         "TELERAD_AUDIT_SINK": "kafka",
         "TELERAD_LINKS__KEYS": json.dumps({"k1": LINK_KEY}),
     }
+    admin = KafkaAdminClient(bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"])
+    try:
+        admin.create_topics(
+            [NewTopic(names[k], 1, 1) for k in names if k.endswith("_TOPIC")], timeout_ms=10_000
+        )
+    finally:
+        admin.close()
     with mock.patch.dict(os.environ, names):
         yield names
 
@@ -265,3 +311,176 @@ class TestAssignmentChange:
                 ),
             )
             until(lambda: metadata(link, ben) == 403, "the window was not ended")
+
+
+def read_topic(stack: Stack, topic: str) -> list[AuditEvent]:
+    from kafka import KafkaConsumer
+
+    from broker.audit.cloudevents import from_record
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"],
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+    )
+    try:
+        return [from_record(r.value, r.headers) for r in consumer]
+    finally:
+        consumer.close()
+
+
+class TestTransfersDownstream:
+    def test_transfers_reach_the_ledger_and_both_exports(
+        self, stack: Stack, topics: dict[str, str], tmp_path: Any
+    ) -> None:
+        import subprocess
+        import sys
+        from xml.etree import ElementTree
+
+        from tests.integration.test_audit_stream import run_ledger
+
+        ada = token(stack, "ada")
+        headers = {"Authorization": f"Bearer {ada}"}
+        with serve(Settings()) as live:
+            link = issue(live.url, ada)
+            instances = study_instances(link, headers)
+            for series, sop in instances:
+                got = httpx.get(
+                    f"{link['url']}/series/{series}/instances/{sop}/frames/1",
+                    headers=headers,
+                    timeout=30,
+                )
+                assert got.status_code == 200
+        # the shutdown flushed what was pending
+        topic = topics["TELERAD_KAFKA__AUDIT_TOPIC"]
+        events = read_topic(stack, topic)
+        ours = [e for e in events if e.link_id == link["link_id"]]
+        transfers = [e for e in ours if e.kind is EventKind.LINK_TRANSFERRED]
+        assert [e.kind for e in ours if e.kind is EventKind.LINK_GRANTED] == [
+            EventKind.LINK_GRANTED
+        ]
+        # the metadata and every frame, however the flushes fell
+        assert sum(e.detail["requests"] for e in transfers) == 1 + len(instances)
+        bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+        ledger = run_ledger(bootstrap, topic, tmp_path / "ledger.db", tmp_path / "key.pem")
+        assert ledger.appended == len(events)
+        leaves = {ledger.store.leaf(i)[0] for i in range(ledger.store.size())}
+        assert {e.id for e in transfers} <= leaves
+        env = os.environ | {
+            "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
+        }
+        for fmt in ("fhir", "dicom"):
+            command = ["audit", "export", "--format", fmt, "--idle-exit", "4"]
+            done = subprocess.run(
+                [sys.executable, "-m", "broker", *command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            summary = json.loads(done.stdout.strip().splitlines()[-1])
+            assert summary == {"events": len(events), "written": len(events)}, summary
+        lines = (tmp_path / "export" / "audit-fhir.ndjson").read_text().splitlines()
+        fhir = {r["id"]: r for r in map(json.loads, lines)}
+        for event in transfers:
+            resource = fhir[event.id]
+            assert (resource["type"]["code"], resource["action"]) == ("rest", "R")
+            assert resource["period"]["start"] <= resource["period"]["end"]
+        xml = (tmp_path / "export" / "audit-dicom-audit.xml.lines").read_text().splitlines()
+        event_ids = []
+        for line in xml:
+            found = ElementTree.fromstring(line).find("EventIdentification/EventID")
+            assert found is not None
+            event_ids.append(found.attrib["csd-code"])
+        assert event_ids.count("110104") == len(transfers)
+
+
+class TestKill9:
+    def test_sigkill_mid_study_loses_no_grant(
+        self, stack: Stack, topics: dict[str, str], broker_env: dict[str, str]
+    ) -> None:
+        """Studies opened one after another; the broker is killed with SIGKILL in the middle of
+        the last one. Every link that answered a byte has its grant in Kafka; every study that
+        finished more than a flush interval before the kill has its transfer records, exactly."""
+        import signal
+        import subprocess
+        import sys
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = os.environ | {"TELERAD_PORT": str(port), "TELERAD_PUBLIC_URL": url}
+        broker = subprocess.Popen(
+            [sys.executable, "-m", "broker", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        ada = token(stack, "ada")
+        headers = {"Authorization": f"Bearer {ada}"}
+        answered: dict[str, int] = {}  # link id -> 200s received
+        counting = threading.Lock()
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the broker did not start"
+                time.sleep(0.2)
+
+            def open_study(link: dict[str, Any], requests: int, kill_after: int | None) -> None:
+                frames = [
+                    f"{link['url']}/series/{series}/instances/{sop}/frames/1"
+                    for series, sop in study_instances(link, headers)
+                ]
+                answered[link["link_id"]] = 1  # the metadata above
+                targets = [frames[i % len(frames)] for i in range(requests)]
+
+                def get(target: str) -> None:
+                    try:
+                        status = httpx.get(target, headers=headers, timeout=10).status_code
+                    except httpx.HTTPError:
+                        return  # the broker died under this request
+                    if status != 200:
+                        return
+                    with counting:
+                        answered[link["link_id"]] += 1
+                        if kill_after is not None and answered[link["link_id"]] == kill_after:
+                            os.killpg(broker.pid, signal.SIGKILL)
+
+                with ThreadPoolExecutor(6) as pool:
+                    list(pool.map(get, targets))
+
+            finished = []
+            for _ in range(3):
+                link = issue(url, ada)
+                open_study(link, 30, None)
+                finished.append(link["link_id"])
+            time.sleep(2.5)  # more than a flush interval (1 s) and its acknowledgement
+            last = issue(url, ada)
+            open_study(last, 400, kill_after=40)
+            broker.wait(timeout=10)
+            assert broker.returncode == -signal.SIGKILL
+            assert 40 <= answered[last["link_id"]] < 401
+        finally:
+            if broker.poll() is None:
+                os.killpg(broker.pid, signal.SIGKILL)
+                broker.wait()
+        events = read_topic(stack, topics["TELERAD_KAFKA__AUDIT_TOPIC"])
+        granted = {e.link_id for e in events if e.kind is EventKind.LINK_GRANTED}
+        assert set(answered) <= granted, "a link answered without a durable grant"
+        for link_id in finished:
+            requests = sum(
+                e.detail["requests"]
+                for e in events
+                if e.kind is EventKind.LINK_TRANSFERRED and e.link_id == link_id
+            )
+            assert requests == answered[link_id], (link_id, requests, answered[link_id])

@@ -18,7 +18,7 @@ from broker.links.token import LinkClaims
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from tests.integration.conftest import LiveBroker
-from tests.integration.helpers import password_token
+from tests.integration.helpers import password_token, transfer_records
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +129,10 @@ class TestRedeem:
         assert sorted(parts(linked)) == sorted(
             parts(direct(stack, f"studies/{study.study_uid}", MULTIPART_DICOM))
         )
-        assert "link.redeemed" in live_broker.audit.kinds()
+        # the reads were under the window the first one opened: its grant, then the transfers
+        assert "link.granted" in live_broker.audit.kinds()
+        transferred = transfer_records(live_broker.audit, link["link_id"])
+        assert transferred and all(e.study_uid == study.study_uid for e in transferred)
 
     def test_metadata_urls_stay_behind_the_link(
         self, live_broker: LiveBroker, stack: Stack
@@ -272,10 +275,13 @@ class TestRedeem:
             == 200
         )
         events = [e for e in live_broker.audit.events if e.action == "redeem"][before:]
-        # the redeem decision, the window it opens (its grant), and the redemption record
-        assert [e.kind.value for e in events] == ["decision", "link.granted", "link.redeemed"]
+        # the redeem decision and the window it opens (its grant), made durable together
+        assert [e.kind.value for e in events][:2] == ["decision", "link.granted"]
         assert events[0].outcome.value == "allow"
         assert events[1].decision_id == events[0].decision_id
+        (record,) = transfer_records(live_broker.audit, link["link_id"])
+        assert record.detail["requests"] == 1 and record.detail["bytes"] > 0
+        assert record.detail["grant_event"] == events[1].id
 
 
 class TestDpopBinding:

@@ -142,7 +142,52 @@ async def issue_link(
 ) -> dict[str, Any]:
     state = state_of(request)
     context = RequestContext.of(request)
+    binding = _binding(principal, request)  # a bad DPoP proof fails here, before any decision
     facts = await state.facts.get(body.study_uid)
+    sealed: list[tuple[LinkClaims, str]] = []
+
+    def issued(decision: Decision, _decided: AuditEvent) -> list[AuditEvent]:
+        """The link, sealed on an allow that grants something; its event rides with the
+        decision's (one produce, one acknowledgement)."""
+        if not decision.allow:
+            return []
+        ttl = min(int(decision.obligations.get("link_ttl_seconds", 0)), _MAX_TTL)
+        granted = [op for op in decision.obligations.get("operations", []) if op in body.operations]
+        if ttl <= 0 or not granted:
+            return []
+        now = int(context.now)
+        claims = LinkClaims(
+            subject=principal.id,
+            issuer=principal.issuer,
+            study_uid=facts.study_uid,
+            operations=tuple(sorted(granted)),
+            expires_at=now + ttl,
+            issued_at=now,
+            decision_id=decision.decision_id,
+            binding=binding,
+            bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
+        )
+        # runs inside authorize, after its allow and before the events are made durable
+        sealed.append((claims, state.links.seal(claims)))  # lint: no-decision (see above)
+        return [
+            AuditEvent(
+                kind=EventKind.LINK_ISSUED,
+                outcome=Outcome.SUCCESS,
+                subject=principal.id,
+                issuer=principal.issuer,
+                roles=list(principal.roles),
+                action="issue_link",
+                study_uid=facts.study_uid,
+                operations=list(claims.operations),
+                decision_id=decision.decision_id,
+                link_id=claims.link_id,
+                client_ip=context.client_ip,
+                user_agent=context.user_agent,
+                session_id=principal.session_id,
+                detail={"expires_at": claims.expires_at},
+            )
+        ]
+
     decision = await state.enforcer.authorize(
         principal,
         "issue_link",
@@ -150,44 +195,13 @@ async def issue_link(
         facts,
         context,
         break_glass=body.break_glass_justification,
+        also=issued,
     )
     if not decision.allow:
         _refuse(decision, principal, request)
-    ttl = min(int(decision.obligations.get("link_ttl_seconds", 0)), _MAX_TTL)
-    granted = [op for op in decision.obligations.get("operations", []) if op in body.operations]
-    if ttl <= 0 or not granted:
+    if not sealed:
         raise Forbidden("The policy granted nothing to link.")
-    now = int(context.now)
-    claims = LinkClaims(
-        subject=principal.id,
-        issuer=principal.issuer,
-        study_uid=facts.study_uid,
-        operations=tuple(sorted(granted)),
-        expires_at=now + ttl,
-        issued_at=now,
-        decision_id=decision.decision_id,
-        binding=_binding(principal, request),
-        bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
-    )
-    token = state.links.seal(claims)
-    await state.audit.emit(
-        AuditEvent(
-            kind=EventKind.LINK_ISSUED,
-            outcome=Outcome.SUCCESS,
-            subject=principal.id,
-            issuer=principal.issuer,
-            roles=list(principal.roles),
-            action="issue_link",
-            study_uid=facts.study_uid,
-            operations=list(claims.operations),
-            decision_id=decision.decision_id,
-            link_id=claims.link_id,
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
-            session_id=principal.session_id,
-            detail={"expires_at": claims.expires_at},
-        ),
-    )
+    ((claims, token),) = sealed
     base = str(state.settings.public_url).rstrip("/")
     return {
         "url": f"{base}/links/{token}/dicom-web/studies/{facts.study_uid}",

@@ -72,6 +72,24 @@ class TestIssue:
         assert 0 < link["expires_at"] - time.time() <= 600
         assert live_broker.audit.kinds()[-2:] == ["decision", "link.issued"]
 
+    def test_decision_and_link_issued_are_one_durable_write(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        ada = token(stack, "ada")
+        writes: list[list[str]] = []
+        sink = live_broker.audit
+        original = sink.emit_many
+
+        async def counting(events: Any) -> None:
+            writes.append([e.kind.value for e in events])
+            await original(events)
+
+        sink.emit_many = counting  # type: ignore[method-assign]
+        link = issue(live_broker, ada, "stolaf-ct-chest", ["view"])
+        assert writes == [["decision", "link.issued"]]
+        decided, issued = sink.events[-2:]
+        assert (issued.link_id, issued.decision_id) == (link["link_id"], decided.decision_id)
+
     def test_denied_issue_is_403_with_reasons(self, live_broker: LiveBroker, stack: Stack) -> None:
         response = httpx.post(
             f"{live_broker.url}/api/links",

@@ -280,11 +280,14 @@ async def redeem(token: str, path: str, request: Request) -> Response:
                 # a concurrent first request may have opened it while this one waited
                 window = state.windows.get(key, policy_revision=state.enforcer.policy_revision)
                 if window is None:
+                    # read before the facts: a change that lands while they are fetched or
+                    # the policy is asked keeps this decision from opening a window
+                    generation = state.windows.generation
                     reason = "study_unavailable"
                     facts = await state.facts.get(claims.study_uid)
                     reason = "policy_denied"
                     decision, window = await _decide_window(
-                        state, key, claims, principal, facts, context, request
+                        state, key, claims, principal, facts, context, request, generation
                     )
     except TeleradError as exc:
         state.metrics.redemptions.labels(reason).inc()
@@ -336,13 +339,14 @@ async def _decide_window(
     facts: StudyFacts,
     context: RequestContext,
     request: Request,
+    generation: int,
 ) -> tuple[Decision, Window | None]:
     """Ask the policy (action ``redeem``); on an allow with ``redeem_window_seconds``, open a
     window whose grant event is made durable together with the decision's.
 
-    Raises the refusal on a deny.
+    Raises the refusal on a deny. ``generation`` is the windows' generation read before the
+    study's facts were.
     """
-    generation = state.windows.generation
     opened: list[Window] = []
 
     def grant(decision: Decision, decided: AuditEvent) -> list[AuditEvent]:

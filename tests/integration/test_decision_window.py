@@ -153,6 +153,28 @@ class TestOneReplica:
         assert len(redeem_decisions(live_broker.audit)) == 1
         assert len(grants(live_broker.audit, link["link_id"])) == 1
 
+    def test_a_change_while_deciding_keeps_the_decision_single_use(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        state = live_broker.app.state.telerad
+        fetch = state.facts.get
+
+        async def facts_then_a_change(study_uid: str) -> Any:
+            facts = await fetch(study_uid)
+            state.revocations.changed("consent", study_uid)  # lands while the policy is asked
+            return facts
+
+        ada = token(stack, "ada")
+        link = issue(live_broker.url, ada)
+        state.facts.get = facts_then_a_change
+        try:
+            assert metadata(link, ada) == 200  # granted, recorded, served...
+            assert len(state.windows) == 0  # ...but decided on facts that may be stale
+            assert metadata(link, ada) == 200
+            assert len(redeem_decisions(live_broker.audit)) == 2
+        finally:
+            state.facts.get = fetch
+
     def test_revoking_the_link_ends_its_window(self, live_broker: LiveBroker, stack: Stack) -> None:
         ada = token(stack, "ada")
         link = issue(live_broker.url, ada)

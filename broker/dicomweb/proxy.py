@@ -65,6 +65,9 @@ _PASS_HEADERS = ("accept",)
 _RETURN_HEADERS = ("content-type", "content-length", "content-encoding", "etag", "last-modified")
 _JSON_TYPES = ("application/dicom+json", "application/json")
 _DICOM_JSON = "application/dicom+json"
+# Answers up to this size (with a Content-Length) are read whole and sent in one write; larger
+# ones (a whole study) are streamed. At six parallel viewer requests: 6 x 8 MiB at most.
+_BUFFER_MAX = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,9 @@ class DicomwebProxy:
         sent = {k: v[:512] for k, v in headers.items() if k.lower() in _PASS_HEADERS}
         if parsed.study_search:
             sent = {"accept": _DICOM_JSON}  # the answer is filtered, so it must be DICOM JSON
+        # The bytes are relayed as the PACS has them: asking for gzip (httpx's default) made
+        # Orthanc compress every frame and the broker decompress it again.
+        sent["accept-encoding"] = "identity"
         url = f"{self._root}/{parsed.upstream}"
         request = self._http.build_request(
             "GET",
@@ -324,8 +330,21 @@ class DicomwebProxy:
             done(len(rewritten), True)
             return Response(rewritten, status_code=200, headers=out_headers)
         out_headers.pop("content-encoding", None)  # httpx streams decoded bytes below
-        if upstream.headers.get("content-encoding"):
+        encoded = bool(upstream.headers.get("content-encoding"))
+        if encoded:
             out_headers.pop("content-length", None)
+        size = _content_length(upstream)
+        if not encoded and size is not None and size <= _BUFFER_MAX:
+            # A frame, a rendered image, an instance: read whole and sent in one write. A
+            # streamed answer costs a task group, a disconnect listener and a send per chunk.
+            try:
+                body = await upstream.aread()
+            except httpx.HTTPError as exc:
+                raise UpstreamError() from exc
+            finally:
+                await upstream.aclose()
+            done(len(body), len(body) == size)
+            return Response(body, status_code=200, headers=out_headers)
         return StreamingResponse(
             _relay(upstream, done),
             status_code=200,
@@ -361,6 +380,11 @@ def _root_spellings(root: str) -> list[str]:
                 spellings.add(f"{scheme}://{netloc}{parts.path}")
                 spellings.add(f"{scheme}://{netloc}{unquote(parts.path)}")
     return sorted(spellings, key=len, reverse=True)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
 
 
 def _ignore(_size: int, _complete: bool) -> None:

@@ -18,7 +18,7 @@ import logging
 import queue
 import socket
 import threading
-import uuid
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +214,17 @@ def _settle_on_ack(
 
 
 class RevocationListener:
-    """Applies ``revoked`` events from every replica to this one (a thread, its own group)."""
+    """Applies control events (revocations, consent, assignments, policy revisions) from every
+    replica to this one: a thread reading the control topic from its start.
+
+    It reads without a consumer group: its partitions are assigned by hand and read from the
+    earliest retained record, so a new replica learns every revocation still in force, and there
+    is no group join to wait for (a new group's join took seconds, and on a topic created after
+    the subscription could leave the consumer with no partitions until a later rebalance).
+    Partitions are looked up again every few seconds, so a topic created later is picked up.
+    """
+
+    _RECHECK_SECONDS = 5.0
 
     def __init__(
         self, bootstrap: str, topic: str, apply: Callable[[AuditEvent], object], *, instance: str
@@ -231,25 +241,40 @@ class RevocationListener:
         self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
         self._thread.start()
 
+    def _assign(self, consumer: Any, assigned: set[Any]) -> set[Any]:
+        """Assign every partition of the topic; new ones are read from their beginning."""
+        from kafka import TopicPartition
+
+        partitions = consumer.partitions_for_topic(self._topic) or set()
+        wanted = {TopicPartition(self._topic, p) for p in partitions}
+        if wanted != assigned:
+            consumer.assign(sorted(wanted))
+            consumer.seek_to_beginning(*sorted(wanted - assigned))
+        return wanted
+
     def _run(self) -> None:
         from broker.audit.cloudevents import PoisonRecord, from_record
 
         consumer = None
+        assigned: set[Any] = set()
+        checked = 0.0
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    # A group of its own, from the earliest retained record: a new replica
-                    # learns every revocation still in force.
                     consumer = make_consumer(
                         self._bootstrap,
-                        self._topic,
-                        group_id=f"telerad-revocations-{self._instance}-{uuid.uuid4().hex[:8]}",
+                        group_id=None,  # nothing to commit: every start reads from the start
                         client_id=f"telerad-revocations-{self._instance}",
-                        # A control topic created after this replica subscribed (a fresh
-                        # cluster, auto-created on first write) is seen at the next metadata
-                        # refresh: seconds, not kafka-python's default 5 minutes.
                         metadata_max_age_ms=5000,
                     )
+                    assigned, checked = set(), 0.0
+                now = time.monotonic()
+                if now - checked >= (self._RECHECK_SECONDS if assigned else 0.5):
+                    checked = now
+                    assigned = self._assign(consumer, assigned)
+                if not assigned:
+                    self._stop.wait(0.25)
+                    continue
                 for records in consumer.poll(timeout_ms=250).values():
                     for record in records:
                         try:

@@ -350,7 +350,9 @@ def render_table(results: dict[str, Any]) -> str:
             "c=16 req/s",
             "c=64 req/s / err",
             "viewer frames/s",
+            "vs direct",
             "frame p50",
+            "CPU/frame broker+orthanc",
             "events/open",
         ]
 
@@ -364,7 +366,14 @@ def render_table(results: dict[str, Any]) -> str:
                 f"{mid['rps']:.0f}" if mid else "",
                 f"{top['rps']:.0f} / {top['errors']}" if top else "",
                 f"{link.get('frames_per_s', 0):.0f}" if view else "",
+                f"{100 * (view or {}).get('frames_per_s_ratio', 0):.0f}%" if view else "",
                 f"{link.get('frame', {}).get('p50_ms', 0):.2f}" if view else "",
+                "{:.2f}+{:.2f}".format(
+                    link.get("cpu_ms_per_frame", {}).get("broker", 0),
+                    link.get("cpu_ms_per_frame", {}).get("orthanc", 0),
+                )
+                if view
+                else "",
                 str((view or {}).get("audit_events_per_open", "")),
             ]
 

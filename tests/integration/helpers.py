@@ -105,8 +105,12 @@ def keycloak_admin(base_url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
-def transfer_records(audit: Any, link_id: str | None = None, *, at_least: int = 1) -> list[Any]:
-    """The ``link.transferred`` events a broker has flushed (waiting a few flush intervals)."""
+def transfer_records(
+    audit: Any, link_id: str | None = None, *, at_least: int = 1, requests: int | None = None
+) -> list[Any]:
+    """The ``link.transferred`` events a broker has flushed, waiting a few flush intervals until
+    there are ``at_least`` of them or, with ``requests``, until they count that many requests
+    (one open's reads may be split over several flushes)."""
     deadline = time.monotonic() + 5
     while True:
         found = [
@@ -114,6 +118,8 @@ def transfer_records(audit: Any, link_id: str | None = None, *, at_least: int = 
             for e in audit.events
             if e.kind.value == "link.transferred" and link_id in (None, e.link_id)
         ]
-        if len(found) >= at_least or time.monotonic() > deadline:
+        counted = sum(e.detail["requests"] for e in found)
+        enough = counted >= requests if requests is not None else len(found) >= at_least
+        if enough or time.monotonic() > deadline:
             return found
         time.sleep(0.1)

@@ -63,6 +63,7 @@ def start_broker(
     log_name: str = "broker",
     whatif: str | None = None,
     whatif_path: str | None = None,
+    source_root: Path | None = None,
 ) -> BrokerProcess:
     """Start the broker on a free port and wait until ``/readyz`` says every dependency is up.
 
@@ -70,6 +71,8 @@ def start_broker(
     process manager on :func:`bench.asgi.app`, because ``telerad serve`` cannot start workers.
     With ``whatif`` (features of :mod:`bench.audit_emit`) uvicorn runs
     :func:`bench.asgi.whatif_app`, with ``whatif_path`` (extra packages) on its path.
+    With ``source_root`` (an exported tree of an earlier commit) the broker's code is taken
+    from there, ahead of this checkout (same packages, same stack): a before/after comparison.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +83,7 @@ def start_broker(
         "TELERAD_INSTANCE_ID": f"bench-{port}",
         "PYTHONPATH": os.pathsep.join(
             [
+                *([str(source_root)] if source_root is not None else []),
                 str(Path(__file__).resolve().parents[1]),
                 *([whatif_path] if whatif and whatif_path else []),
                 os.environ.get("PYTHONPATH", ""),
@@ -109,7 +113,13 @@ def start_broker(
             "warning",
         ]
     process = ManagedProcess(
-        log_name, command, log_path=run_dir / "logs" / f"{log_name}.log", env=full_env
+        log_name,
+        command,
+        log_path=run_dir / "logs" / f"{log_name}.log",
+        env=full_env,
+        # ``python -m`` puts the working directory first on sys.path: an earlier commit's tree
+        # must be it, or the checkout's own broker would be imported instead
+        cwd=source_root,
     )
     process.start()
     process.wait_ready(lambda: _ready(url), timeout=90)

@@ -158,11 +158,12 @@ class LargeStudy:
         return sum(len(i) for i in self.instances)
 
 
-def build_large_study(instances: int = 40, size: int = 512) -> LargeStudy:
+def build_large_study(instances: int = 40, size: int = 512, name: str = "large-ct") -> LargeStudy:
     """``instances`` slices of ``size`` x ``size`` 16-bit CT, tiled from pydicom's CT_small.
 
     About 0.5 MB per slice at 512 x 512 (20 MB for 40): the size of a small real CT series,
-    where the stack's sample studies are ~40 KB per instance.
+    where the stack's sample studies are ~40 KB per instance. ``name`` keeps the UIDs of two
+    bench studies apart.
     """
     import numpy as np
     import pydicom
@@ -176,14 +177,12 @@ def build_large_study(instances: int = 40, size: int = 512) -> LargeStudy:
     tile = template.pixel_array
     reps = (-(-size // tile.shape[0]), -(-size // tile.shape[1]))
     pixels = np.tile(tile, reps)[:size, :size].astype(tile.dtype)
-    study_uid = str(generate_uid(prefix=_UID_ROOT, entropy_srcs=["bench", "large-ct", "study"]))
-    series_uid = str(generate_uid(prefix=_UID_ROOT, entropy_srcs=["bench", "large-ct", "series"]))
+    study_uid = str(generate_uid(prefix=_UID_ROOT, entropy_srcs=["bench", name, "study"]))
+    series_uid = str(generate_uid(prefix=_UID_ROOT, entropy_srcs=["bench", name, "series"]))
     out = []
     for index in range(instances):
         ds = pydicom.dcmread(source)
-        sop_uid = str(
-            generate_uid(prefix=_UID_ROOT, entropy_srcs=["bench", "large-ct", str(index)])
-        )
+        sop_uid = str(generate_uid(prefix=_UID_ROOT, entropy_srcs=["bench", name, str(index)]))
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = sop_uid
@@ -194,7 +193,7 @@ def build_large_study(instances: int = 40, size: int = 512) -> LargeStudy:
         ds.PatientName = "Synthetic^Bench"
         ds.InstitutionName = _INSTITUTION
         ds.AccessionNumber = "BENCHLARGECT"
-        ds.StudyDescription = "bench-large-ct"
+        ds.StudyDescription = f"bench-{name}"
         ds.Rows, ds.Columns = size, size
         # a different image per slice (rolled), so nothing downstream can deduplicate them
         ds.PixelData = np.roll(pixels, index * 7, axis=0).tobytes()
@@ -211,15 +210,16 @@ def store_study(orthanc_url: str, auth: tuple[str, str], study: LargeStudy) -> N
             client.post("/instances", content=blob).raise_for_status()
 
 
-def bench_facts_file(stack_facts: Path, out: Path, study_uid: str) -> Path:
-    """A copy of the stack's facts file with the bench study added (labels none, consent)."""
+def bench_facts_file(stack_facts: Path, out: Path, *study_uids: str) -> Path:
+    """A copy of the stack's facts file with the bench studies added (labels none, consent)."""
     facts = json.loads(stack_facts.read_text())
     facts.setdefault("institutions", {})[_INSTITUTION] = "st-olaf"
-    facts.setdefault("studies", {})[study_uid] = {
-        "labels": [],
-        "consent": "permit",
-        "referring_physician": None,
-    }
+    for study_uid in study_uids:
+        facts.setdefault("studies", {})[study_uid] = {
+            "labels": [],
+            "consent": "permit",
+            "referring_physician": None,
+        }
     out.write_text(json.dumps(facts, indent=2))
     return out
 

@@ -22,6 +22,10 @@ class Plan:
     study_instances: int  # slices of the bench-only 512x512 CT study
     redeem_repetitions: int
     redeem_concurrency: tuple[int, ...]
+    viewer_frames: int  # single-frame instances of the viewer-pattern study
+    viewer_size: int  # its rows = columns (16-bit)
+    viewer_opens: int  # study opens per side (direct, through a link), alternating
+    viewer_connections: int  # parallel connections of the viewer (OHIF: about six)
     audit_count: int  # events per saturating emitter run
     audit_concurrency: tuple[int, ...]
     paced_rate: float  # events/s of the paced run (request → ledger latency)
@@ -53,6 +57,10 @@ QUICK = Plan(
     study_instances=40,
     redeem_repetitions=2,
     redeem_concurrency=(1,),
+    viewer_frames=200,
+    viewer_size=256,
+    viewer_opens=3,
+    viewer_connections=6,
     audit_count=2000,
     audit_concurrency=(256,),
     paced_rate=300.0,
@@ -75,6 +83,10 @@ FULL = Plan(
     study_instances=40,
     redeem_repetitions=10,
     redeem_concurrency=(1, 4),
+    viewer_frames=240,
+    viewer_size=256,
+    viewer_opens=6,
+    viewer_connections=6,
     audit_count=20_000,
     audit_concurrency=(64, 512),
     paced_rate=500.0,

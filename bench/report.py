@@ -77,6 +77,71 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio >= 0.8,
             )
         )
+    viewer = results.get("viewer")
+    if viewer:
+        ratio = viewer["frames_per_s_ratio"]
+        out.append(
+            _target(
+                f"viewer frames/s through a link vs direct ({viewer['connections']} connections)",
+                ">= 80 %",
+                f"{100 * ratio:.1f} % ({viewer['link']['frames_per_s']:.0f} vs "
+                f"{viewer['direct']['frames_per_s']:.0f} frames/s)",
+                ratio >= 0.8,
+            )
+        )
+        out.append(
+            _target(
+                "viewer p50 added per frame",
+                "<= 2 ms",
+                f"{viewer['added_p50_ms']:+.2f} ms (direct "
+                f"{viewer['direct']['frame']['p50_ms']:.2f}, link "
+                f"{viewer['link']['frame']['p50_ms']:.2f} ms)",
+                viewer["added_p50_ms"] <= 2.0,
+            )
+        )
+        link_frame = viewer["link"]["frame"]
+        out.append(
+            _target(
+                "viewer tail through a link: p99.9 <= 10 x p50",
+                "<= 10x",
+                f"{link_frame['p999_ms'] / link_frame['p50_ms']:.1f}x "
+                f"(p99.9 {link_frame['p999_ms']:.1f} ms)"
+                if link_frame["p50_ms"]
+                else "no frames",
+                link_frame["p999_ms"] <= 10 * link_frame["p50_ms"]
+                if link_frame["p50_ms"]
+                else None,
+            )
+        )
+    for key, entry in results.get("broker", {}).items():
+        if entry.get("whatif"):
+            continue
+        for lv in entry.get("links", []):
+            if lv["concurrency"] in (16, 64):
+                opa = _level(opa_levels, lv["concurrency"])
+                if opa and opa["rps"]:
+                    ratio = lv["rps"] / opa["rps"]
+                    out.append(
+                        _target(
+                            f"link issuance at c={lv['concurrency']} vs OPA alone, zero errors "
+                            f"({key})",
+                            ">= 50 %, 0 errors",
+                            f"{100 * ratio:.1f} %, {lv['errors']} errors",
+                            ratio >= 0.5 and lv["errors"] == 0,
+                        )
+                    )
+        one = _level(entry.get("links", []), 1)
+        if one and opa_one:
+            added = one["p50_ms"] - opa_one["p50_ms"]
+            out.append(
+                _target(
+                    f"p50 added over OPA's at 1 client, link issuance ({key})",
+                    "<= 3 ms",
+                    f"{added:+.1f} ms (broker {one['p50_ms']:.1f} ms, OPA "
+                    f"{opa_one['p50_ms']:.1f} ms)",
+                    added <= 3.0,
+                )
+            )
     audit = results.get("audit", {})
     saturate = audit.get("saturate", [])
     if saturate:
@@ -236,6 +301,86 @@ def render_table(results: dict[str, Any]) -> str:
             ]
             for r in redemption
         ]
+        lines += _table(header, rows)
+    viewer = results.get("viewer")
+    if viewer:
+        vs = results.get("viewer_study", {})
+        d, link = viewer["direct"], viewer["link"]
+        lines += [
+            "",
+            f"Viewer pattern: metadata, then {d['frames_per_open']} frames "
+            f"({vs.get('bytes', 0) / 1e6:.1f} MB) over {viewer['connections']} connections, "
+            f"{d['opens']} opens per side (ms)",
+        ]
+        header = ["side", "frames/s", "p50", "p99", "p99.9", "last frame p50", "err", "cpu/frame"]
+
+        def cpu_per_frame(side: dict[str, Any]) -> str:
+            cost = side.get("cpu_ms_per_frame", {})
+            return ", ".join(
+                f"{name} {cost[name]:.2f}" for name in ("broker", "opa", "orthanc") if name in cost
+            )
+
+        rows = [
+            [
+                name,
+                f"{side['frames_per_s']:.0f}",
+                f"{side['frame']['p50_ms']:.2f}",
+                f"{side['frame']['p99_ms']:.2f}",
+                f"{side['frame']['p999_ms']:.2f}",
+                f"{side['time_to_last_frame_ms']['p50_ms']:.0f}",
+                str(side["errors"]),
+                cpu_per_frame(side),
+            ]
+            for name, side in (("direct (Orthanc)", d), ("through a link", link))
+        ]
+        lines += _table(header, rows)
+        lines.append(
+            f"link/direct: {100 * viewer['frames_per_s_ratio']:.0f} % frames/s, "
+            f"{viewer['added_p50_ms']:+.2f} ms p50, {viewer['added_p99_ms']:+.2f} ms p99 per "
+            f"frame; audit events per study open: {viewer.get('audit_events_per_open')} "
+            f"({viewer.get('audit_events_open')}), issuance {viewer.get('audit_events_issue')}"
+        )
+    compare = results.get("compare", {})
+    if compare:
+        lines += ["", "Before/after: the same run, the broker of other revisions (1 worker)"]
+        header = [
+            "broker",
+            "links c=1 p50",
+            "c=1 req/s",
+            "c=16 req/s",
+            "c=64 req/s / err",
+            "viewer frames/s",
+            "vs direct",
+            "frame p50",
+            "CPU/frame broker+orthanc",
+            "events/open",
+        ]
+
+        def row(name: str, links: list[dict[str, Any]], view: dict[str, Any] | None) -> list[str]:
+            one, mid, top = (_level(links, c) for c in (1, 16, 64))
+            link = (view or {}).get("link", {})
+            return [
+                name,
+                f"{one['p50_ms']:.1f}" if one else "",
+                f"{one['rps']:.0f}" if one else "",
+                f"{mid['rps']:.0f}" if mid else "",
+                f"{top['rps']:.0f} / {top['errors']}" if top else "",
+                f"{link.get('frames_per_s', 0):.0f}" if view else "",
+                f"{100 * (view or {}).get('frames_per_s_ratio', 0):.0f}%" if view else "",
+                f"{link.get('frame', {}).get('p50_ms', 0):.2f}" if view else "",
+                "{:.2f}+{:.2f}".format(
+                    link.get("cpu_ms_per_frame", {}).get("broker", 0),
+                    link.get("cpu_ms_per_frame", {}).get("orthanc", 0),
+                )
+                if view
+                else "",
+                str((view or {}).get("audit_events_per_open", "")),
+            ]
+
+        rows = [row(key, e.get("links", []), e.get("viewer")) for key, e in compare.items()]
+        current = results.get("broker", {}).get("1w", {})
+        if current:
+            rows.append(row("1w (this checkout)", current.get("links", []), viewer))
         lines += _table(header, rows)
     audit = results.get("audit", {})
     if audit:

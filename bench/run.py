@@ -20,6 +20,7 @@ Writes ``bench/results/<timestamp>.json`` and prints a table (see ``bench/README
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -172,11 +173,22 @@ class Bench:
         self.progress(f"building the bench study ({plan.study_instances} x 512x512 16-bit CT)")
         study = fixtures.build_large_study(plan.study_instances)
         fixtures.store_study(self._orthanc_url(), self._orthanc_auth(), study)
+        self.progress(
+            f"building the viewer study ({plan.viewer_frames} x {plan.viewer_size}x"
+            f"{plan.viewer_size} 16-bit CT, one frame each)"
+        )
+        viewer = fixtures.build_large_study(plan.viewer_frames, plan.viewer_size, name="viewer-ct")
+        fixtures.store_study(self._orthanc_url(), self._orthanc_auth(), viewer)
+        self.viewer_study = viewer
         facts = fixtures.bench_facts_file(
-            Path(self.env["TELERAD_FACTS_FILE"]), self.run_dir / "bench-facts.json", study.study_uid
+            Path(self.env["TELERAD_FACTS_FILE"]),
+            self.run_dir / "bench-facts.json",
+            study.study_uid,
+            viewer.study_uid,
         )
         opa = self.env["TELERAD_OPA__URL"]
         assigned = fixtures.allow_in_policy(opa, study.study_uid)
+        fixtures.allow_in_policy(opa, viewer.study_uid)
         self.env |= {"TELERAD_FACTS_FILE": str(facts)} | bench_keys()
         token = self._tokens()[0]
         key = fixtures.b64u_key(self.env["TELERAD_PSEUDONYM_KEY"])
@@ -193,6 +205,11 @@ class Bench:
             "bytes": study.nbytes,
             "assigned_in_opa_data": assigned,
             "allowed_because": reasons,
+        }
+        self.results["viewer_study"] = {
+            "study_uid": viewer.study_uid,
+            "frames": len(viewer.instances),
+            "bytes": viewer.nbytes,
         }
         self.progress(
             f"bench study stored: {study.nbytes / 1e6:.1f} MB; the policy allows ada "
@@ -375,6 +392,7 @@ class Bench:
                 entry[name] = [level.as_dict() for level in levels]
             if workers == 1 and not whatif:
                 self.redemption_phase(broker)
+                self.viewer_phase(broker)
             if self.plan.profile and not whatif:
                 entry["profiles"] = self.profile_broker(broker, workers)
         finally:
@@ -407,6 +425,7 @@ class Bench:
         if workers == 1:
             reps = 4 * self.plan.redeem_repetitions  # enough link downloads for a profile
             jobs.append(("redeem-c1", lambda: self._redeem(broker, 1, reps)))
+            jobs.append(("viewer", lambda: self._viewer_opens(broker, 3 * self.plan.viewer_opens)))
         for name, job in jobs:
             path = self.profiles_dir / f"broker-{workers}w-{name}.txt"
             profiler = Profiler(broker.pgid or 0, path)
@@ -418,7 +437,10 @@ class Bench:
                 written = profiler.stop()
             if written:
                 out[name] = {
-                    "raw": str(written.relative_to(ROOT)),
+                    # relative to the checkout when the results are kept in it
+                    "raw": str(
+                        written.relative_to(ROOT) if written.is_relative_to(ROOT) else written
+                    ),
                     **summarize(written, buckets=BROKER_BUCKETS),
                 }
                 self.progress(f"profile written: {written}")
@@ -473,6 +495,179 @@ class Bench:
                 self.note(f"redemption c={c}: errors or sizes differ: {result}")
             out.append(result)
         self.results["redemption"] = out
+
+    # -- before/after: the broker of an earlier commit on the same stack ---------------------
+
+    def _export_source(self, rev: str) -> tuple[Path, str]:
+        """``git archive`` of ``rev`` into the run directory (nothing in the checkout changes)."""
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True
+        )
+        if commit.returncode != 0:
+            raise ValueError(f"--compare-with: no such revision {rev!r}")
+        short = commit.stdout.strip()
+        target = self.run_dir / f"src-{short}"
+        if not target.exists():
+            target.mkdir(parents=True)
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", short, "broker"],
+                cwd=ROOT,
+                capture_output=True,
+                check=True,
+            )
+            subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+        return target, short
+
+    def compare_phase(self, rev: str) -> None:
+        """Issuance at every level and the viewer pattern, through the broker of ``rev``."""
+        source, short = self._export_source(rev)
+        key = f"1w at {short}"
+        self.progress(f"starting the broker of {short} ({rev}) for the before/after comparison")
+        broker = start_broker(
+            self.env, self.run_dir, log_name=f"broker-{short}", source_root=source
+        )
+        self.brokers.append(broker)
+        self.cpu.add("broker", broker.pgid)
+        entry: dict[str, Any] = {"revision": short, "asked_as": rev, "workers": 1}
+        try:
+            levels = []
+            for c in self.plan.levels:
+                requests = self._broker_requests(broker, "/api/links", self._tokens())
+                levels.append(
+                    self._level(
+                        f"broker {key} /api/links",
+                        broker.url,
+                        requests,
+                        c,
+                        self.plan.broker_count,
+                        _linked,
+                    )
+                )
+            entry["links"] = [level.as_dict() for level in levels]
+            entry["viewer"] = self._viewer(broker)
+        finally:
+            self.cpu.remove("broker")
+            broker.stop()
+            self.brokers.remove(broker)
+        self.results.setdefault("compare", {})[key] = entry
+
+    # -- the viewer pattern ------------------------------------------------------------------
+
+    def _audit_offsets(self) -> dict[Any, int]:
+        from kafka import KafkaConsumer, TopicPartition
+
+        topic = self.env.get("TELERAD_KAFKA__AUDIT_TOPIC", "telerad.audit.v1")
+        consumer = KafkaConsumer(bootstrap_servers=self.env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"])
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            return dict(consumer.end_offsets(partitions))
+        finally:
+            consumer.close()
+
+    def _audit_kinds_since(self, before: dict[Any, int]) -> dict[str, int]:
+        """Audit events written since ``before`` (end offsets), counted by CloudEvents type."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        after = self._audit_offsets()
+        remaining = sum(after[p] - before.get(p, 0) for p in after)
+        kinds: dict[str, int] = {}
+        if remaining <= 0:
+            return kinds
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"],
+            consumer_timeout_ms=3000,
+        )
+        try:
+            consumer.assign(list(after))
+            for partition in after:
+                consumer.seek(partition, before.get(partition, 0))
+            for record in consumer:
+                if record.offset >= after[TopicPartition(record.topic, record.partition)]:
+                    continue
+                ce_type = dict(record.headers).get("ce_type", b"?").decode()
+                kind = ce_type.removeprefix("org.telerad.").removesuffix(".v1")
+                kinds[kind] = kinds.get(kind, 0) + 1
+                remaining -= 1
+                if remaining <= 0:
+                    break
+        finally:
+            consumer.close()
+        return kinds
+
+    def viewer_phase(self, broker: BrokerProcess) -> None:
+        """A study opened as OHIF opens it: metadata, then every frame over six connections."""
+        result = self._viewer(broker)
+        self.results["viewer"] = result
+
+    def _viewer(self, broker: BrokerProcess) -> dict[str, Any]:
+        from bench.viewer import open_study, side_by_side
+
+        plan = self.plan
+        study = self.viewer_study
+        token = self._tokens()[0]
+
+        async def new_link() -> tuple[str, str]:
+            url = await asyncio.to_thread(self._issue_link_for, broker, token, study.study_uid)
+            return url.rsplit("/studies/", 1)[0], url
+
+        result = uvloop.run(
+            side_by_side(
+                direct_root=self.env["TELERAD_PACS__URL"],
+                direct_auth=self._orthanc_auth(),
+                study_uid=study.study_uid,
+                new_link_root=new_link,
+                bearer=token,
+                opens=plan.viewer_opens,
+                connections=plan.viewer_connections,
+                cpu=self.cpu,
+            )
+        )
+        # audit events of one study open through a link: issuance, then the open itself
+        time.sleep(2.5)  # the last transfer records of the opens above are flushed first
+        before = self._audit_offsets()
+        root, _ = uvloop.run(new_link())
+        issued = self._audit_kinds_since(before)
+        before = self._audit_offsets()
+        uvloop.run(open_study(root, study.study_uid, {"Authorization": f"Bearer {token}"}, 6))
+        time.sleep(2.5)  # the transfer records are flushed every second
+        opened = self._audit_kinds_since(before)
+        result["audit_events_issue"] = issued
+        result["audit_events_open"] = opened
+        result["audit_events_per_open"] = sum(opened.values())
+        d, link = result["direct"], result["link"]
+        self.progress(
+            f"viewer ({d['frames_per_open']} frames, {plan.viewer_connections} connections): "
+            f"direct {d['frames_per_s']:.0f} frames/s, link {link['frames_per_s']:.0f} frames/s "
+            f"({100 * result['frames_per_s_ratio']:.0f}%), p50 {d['frame']['p50_ms']:.2f} / "
+            f"{link['frame']['p50_ms']:.2f} ms, audit events per open "
+            f"{result['audit_events_per_open']} ({opened})"
+        )
+        if d["errors"] or link["errors"] or not result["same_bytes"]:
+            self.note(f"viewer: errors or sizes differ: {result}")
+        return result
+
+    def _viewer_opens(self, broker: BrokerProcess, opens: int) -> None:
+        """Study opens through fresh links only (what the viewer profile samples)."""
+        from bench.viewer import open_study
+
+        token = self._tokens()[0]
+        uid = self.viewer_study.study_uid
+        for _ in range(opens):
+            root = self._issue_link_for(broker, token, uid).rsplit("/studies/", 1)[0]
+            headers = {"Authorization": f"Bearer {token}"}
+            uvloop.run(open_study(root, uid, headers, self.plan.viewer_connections))
+
+    def _issue_link_for(self, broker: BrokerProcess, token: str, study_uid: str) -> str:
+        import httpx
+
+        response = httpx.post(
+            f"{broker.url}/api/links",
+            json={"study_uid": study_uid, "operations": ["view"]},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return str(response.json()["url"])
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -643,7 +838,12 @@ class Bench:
                     written = consumer_profile.stop() if behind else None
                     if written:
                         audit["consumer_profile"] = {
-                            "raw": str(written.relative_to(ROOT)),
+                            # relative to the checkout when the results are kept in it
+                            "raw": str(
+                                written.relative_to(ROOT)
+                                if written.is_relative_to(ROOT)
+                                else written
+                            ),
                             **summarize(written, buckets=LEDGER_BUCKETS),
                         }
                     audit["variants"].append(result)
@@ -770,6 +970,19 @@ def main(argv: list[str] | None = None) -> int:
         help="extra packages for what-if runs only (pip install --target DIR confluent-kafka); "
         "never on the path of the broker as measured",
     )
+    parser.add_argument(
+        "--phases",
+        default="opa,broker,audit,ledger",
+        help="comma-separated phases to run (the broker phase includes redemption and the "
+        "viewer pattern); default: all",
+    )
+    parser.add_argument(
+        "--compare-with",
+        default="",
+        metavar="REV[,REV]",
+        help="also measure issuance and the viewer pattern through the broker of these git "
+        "revisions (exported with git archive; same stack, same run)",
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
         "--keep-run-dir", action="store_true", help="keep the stack's data and logs"
@@ -794,14 +1007,22 @@ def main(argv: list[str] | None = None) -> int:
         bench.describe_machine()
         bench.prepare()
         bench.wait_until_quiet()
-        bench.opa_phase()
-        for workers in plan.workers:
-            bench.broker_phase(workers)
-        for whatif in BROKER_WHATIFS if plan.variants else ():
-            if bench.available(whatif):
-                bench.broker_phase(1, whatif=whatif)
-        bench.audit_phase()
-        bench.ledger_phase()
+        phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+        bench.results["phases"] = sorted(phases)
+        if "opa" in phases:
+            bench.opa_phase()
+        if "broker" in phases:
+            for workers in plan.workers:
+                bench.broker_phase(workers)
+            for whatif in BROKER_WHATIFS if plan.variants else ():
+                if bench.available(whatif):
+                    bench.broker_phase(1, whatif=whatif)
+        for rev in [r for r in args.compare_with.split(",") if r.strip()]:
+            bench.compare_phase(rev.strip())
+        if "audit" in phases:
+            bench.audit_phase()
+        if "ledger" in phases:
+            bench.ledger_phase()
         ok = True
     except KeyboardInterrupt:
         bench.progress("interrupted")

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from broker import __version__
 from broker.api import router as api_router
-from broker.audit import AuditSink, EventKind, LogSink
+from broker.audit import AuditEvent, AuditSink, AuditUnavailable, EventKind, LogSink, Outcome
 from broker.audit.kafka import KafkaAuditSink, RevocationListener
 from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
@@ -36,6 +36,8 @@ from broker.identity.sessions import EncryptedSessionMiddleware
 from broker.links.endpoints import api_router as links_api_router
 from broker.links.endpoints import redeem_router
 from broker.links.token import LinkCodec
+from broker.links.transfers import TransferLog
+from broker.links.window import DecisionWindows
 from broker.logs import configure_logging
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
@@ -83,7 +85,14 @@ def link_keyring(settings: Settings) -> KeyRing:
 
 
 # Events every replica must apply (they also go to the control topic).
-_CONTROL = frozenset({EventKind.REVOKED, EventKind.CONSENT_CHANGED})
+_CONTROL = frozenset(
+    {
+        EventKind.REVOKED,
+        EventKind.CONSENT_CHANGED,
+        EventKind.ASSIGNMENT_CHANGED,
+        EventKind.POLICY_REVISED,
+    }
+)
 
 
 def _audit_sink(settings: Settings) -> AuditSink:
@@ -115,6 +124,33 @@ def _pseudonym_key(settings: Settings) -> bytes:
     return os.urandom(32)
 
 
+async def _watch_policy_revision(state: AppState) -> None:
+    """Ask the sidecar for its policy revision now and then; a new one ends every window here
+    and is announced on the control topic so that every replica ends its windows too."""
+    while True:
+        await asyncio.sleep(state.settings.opa.revision_poll_seconds)
+        revision = await state.opa.revision()
+        previous = state.enforcer.policy_revision
+        if revision is None or revision == previous:
+            continue
+        state.enforcer.policy_revision = revision
+        if previous is None:
+            continue  # the first revision seen: nothing was decided under another one here
+        log.info("policy revision %s → %s: decision windows end", previous, revision)
+        state.revocations.changed("policy", revision)
+        try:
+            await state.audit.emit(
+                AuditEvent(
+                    kind=EventKind.POLICY_REVISED,
+                    outcome=Outcome.SUCCESS,
+                    policy_revision=revision,
+                    detail={"previous": previous},
+                )
+            )
+        except AuditUnavailable:
+            log.warning("policy.revised not published; other replicas learn it themselves")
+
+
 def create_app(settings: Settings | None = None, *, audit: AuditSink | None = None) -> FastAPI:
     """Build the broker application."""
     settings = settings or get_settings()
@@ -125,15 +161,25 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     links = LinkCodec(link_keyring(settings))
     metrics = Metrics()
     audit_sink: AuditSink = audit or _audit_sink(settings)
+    windows = DecisionWindows()
+    revocations.add_listener(windows.on_change)
+
+    def apply_control(event: AuditEvent) -> bool:
+        # The study facts (and recorded Consents) first: a window that ends on a consent change
+        # must not be reopened by a decision still made on the old consent.
+        applied = _state(app).facts.apply_event(event)
+        if consents.apply_event(event):
+            # a patient's Consent: which studies are the patient's is not kept with the
+            # windows, so every window ends (the next request decides again)
+            revocations.changed("consent_patient", str(event.detail.get("patient")))
+            applied = True
+        return apply_event(revocations, event) or applied
+
     listener = (
         RevocationListener(
             settings.kafka.bootstrap_servers,
             settings.kafka.revocation_topic,
-            lambda event: (
-                apply_event(revocations, event)
-                or consents.apply_event(event)
-                or _state(app).facts.apply_event(event)
-            ),
+            apply_control,
             instance=settings.instance_id,
         )
         if isinstance(audit_sink, KafkaAuditSink)
@@ -147,8 +193,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             await opa.open()
             if isinstance(audit_sink, KafkaAuditSink):
                 await audit_sink.start()
-            if listener is not None:
-                listener.start()
+            watcher: asyncio.Task[None] | None = None
+            transfers = TransferLog(audit_sink, flush_seconds=settings.links.transfer_flush_seconds)
             try:
                 bearer = BearerValidator(settings.identity, settings.issuers, http)
                 app.state.telerad = AppState(
@@ -174,9 +220,18 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     metrics=metrics,
                     dpop=DpopVerifier(),
                     consents=consents,
+                    windows=windows,
+                    transfers=transfers,
                 )
+                transfers.start()
+                if listener is not None:
+                    listener.start()  # after the state it applies events to exists
+                watcher = asyncio.create_task(_watch_policy_revision(_state(app)))
                 yield
             finally:
+                if watcher is not None:
+                    watcher.cancel()
+                await transfers.close()  # the last second of transfer records, before the sink
                 if listener is not None:
                     await asyncio.to_thread(listener.stop)
                 await opa.close()

@@ -103,6 +103,9 @@ class LinkSettings(_Section):
 
     keys: dict[str, SecretStr] = Field(default_factory=dict)
     active_key: str | None = None
+    # Reads inside a decision window are aggregated and written at least this often (seconds);
+    # a crash loses at most this much per-instance detail, never a grant.
+    transfer_flush_seconds: Annotated[float, Field(gt=0, le=5)] = 1.0
 
 
 class OpaSettings(_Section):
@@ -111,6 +114,9 @@ class OpaSettings(_Section):
     url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8181")
     decision_path: str = "telerad/access/decision"
     timeout_seconds: Annotated[float, Field(gt=0, le=10)] = 0.5
+    # How often each replica asks its sidecar which policy revision it serves; a new one ends
+    # every decision window here and is announced on the control topic (policy.revised).
+    revision_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
 class KafkaSettings(_Section):

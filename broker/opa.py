@@ -113,6 +113,14 @@ class OpaGateway:
             )
         return decision
 
+    async def revision(self) -> str | None:
+        """The policy revision OPA serves now (None when it cannot say or is unreachable)."""
+        try:
+            answer = await self._query({})
+        except Exception:  # noqa: BLE001 - no revision known; the watcher asks again
+            return None
+        return _revision(answer.get("provenance"))
+
     async def check_ready(self) -> None:
         """Raise unless OPA answers and the decision document is defined."""
         answer = await self._query({})

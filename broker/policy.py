@@ -10,6 +10,7 @@ request is refused with 503: no grant without a durable record.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,9 @@ class PolicyEnforcer:
         self._opa = opa
         self._audit = audit
         self._metrics = metrics
+        # The latest policy (bundle) revision any decision reported; decisions reused in a
+        # window hold only while it is unchanged (see broker.links.window).
+        self.policy_revision: str | None = None
 
     @staticmethod
     def build_input(
@@ -104,13 +108,21 @@ class PolicyEnforcer:
         *,
         break_glass: str | None = None,
         resource: dict[str, Any] | None = None,
+        also: Callable[[Decision, AuditEvent], Sequence[AuditEvent]] | None = None,
     ) -> Decision:
-        """Decide and audit; raise :class:`DependencyUnavailable` if the audit is not durable."""
+        """Decide and audit; raise :class:`DependencyUnavailable` if the audit is not durable.
+
+        ``also(decision, decision_event)`` names events to make durable together with the
+        decision's own (issuance's ``link.issued``, redemption's ``link.granted``): one produce,
+        one acknowledgement. ``resource`` is ``input.resource`` for an action on no study.
+        """
         policy_input = self.build_input(
             principal, action, operations, facts, context, break_glass, resource
         )
         with self._metrics.decision_seconds.time():
             decision = await self._opa.decide(policy_input)
+        if decision.policy_revision is not None:
+            self.policy_revision = decision.policy_revision
         self._metrics.decisions.labels(action, "allow" if decision.allow else "deny").inc()
         for reason in decision.reasons:
             if reason.code.startswith("policy_"):
@@ -135,12 +147,15 @@ class PolicyEnforcer:
             session_id=principal.session_id,
             detail={"obligations": decision.obligations} if decision.allow else {},
         )
+        events = [event]
+        if decision.allow and decision.obligations.get("break_glass"):
+            events.append(
+                event.model_copy(update={"id": f"{event.id}-bg", "kind": EventKind.BREAK_GLASS})
+            )
+        if also is not None:
+            events.extend(also(decision, event))
         try:
-            await self._audit.emit(event)
-            if decision.allow and decision.obligations.get("break_glass"):
-                await self._audit.emit(
-                    event.model_copy(update={"id": f"{event.id}-bg", "kind": EventKind.BREAK_GLASS})
-                )
+            await self._audit.emit_many(events)
         except AuditUnavailable as exc:
             self._metrics.audit_failures.inc()
             raise DependencyUnavailable(

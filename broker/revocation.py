@@ -15,7 +15,12 @@ from typing import Any
 from broker.audit.events import AuditEvent, EventKind, Outcome
 from broker.audit.sink import AuditSink
 
-__all__ = ["RevocationKind", "Revocations", "apply_event", "revoke_everywhere"]
+__all__ = ["Listener", "RevocationKind", "Revocations", "apply_event", "revoke_everywhere"]
+
+# Told of every revocation and fact change in this process: (kind, value), where kind is a
+# RevocationKind, "consent" or "assignment" (value: the study UID) or "policy" (value: the new
+# policy revision). Decision windows end on these.
+Listener = Callable[[str, str], None]
 
 
 class RevocationKind(StrEnum):
@@ -31,6 +36,20 @@ class Revocations:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._entries: dict[tuple[RevocationKind, str], float] = {}
         self._clock = clock
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(kind, value)`` on every revocation and consent change from now on."""
+        self._listeners.append(listener)
+
+    def _notify(self, kind: str, value: str) -> None:
+        for listener in self._listeners:
+            listener(kind, value)
+
+    def changed(self, kind: str, value: str) -> None:
+        """A fact behind decisions changed: ``consent``/``assignment`` of a study (value: its
+        UID) or the ``policy`` revision (value: the new one). What was decided on it must end."""
+        self._notify(kind, value)
 
     def revoke(self, kind: RevocationKind, value: str, *, until: float) -> None:
         """Revoke ``value`` until the epoch time ``until``."""
@@ -38,6 +57,7 @@ class Revocations:
         self._entries[key] = max(until, self._entries.get(key, 0.0))
         if len(self._entries) % 1024 == 0:
             self._sweep()
+        self._notify(kind.value, value)
 
     def lift(self, kind: RevocationKind, value: str) -> None:
         """End a revocation early (an operator lifting a containment)."""
@@ -74,7 +94,22 @@ async def revoke_everywhere(
 
 
 def apply_event(revocations: Revocations, event: AuditEvent) -> bool:
-    """Apply a ``revoked`` event published by any replica; False if it is not one."""
+    """Apply a control event published by any replica; False if it is not one.
+
+    ``revoked`` adds to the revocation set. ``assignment.changed`` (a study's worklist
+    assignments, from the RIS feed) and ``policy.revised`` are reported to the listeners
+    (decision windows end). A ``consent.changed`` event is reported to the listeners too and
+    still answers False: the study facts apply it (first: see ``broker.app``).
+    """
+    if event.kind is EventKind.CONSENT_CHANGED and event.study_uid:
+        revocations.changed("consent", event.study_uid)
+        return False
+    if event.kind is EventKind.ASSIGNMENT_CHANGED and event.study_uid:
+        revocations.changed("assignment", event.study_uid)
+        return True
+    if event.kind is EventKind.POLICY_REVISED and event.policy_revision:
+        revocations.changed("policy", event.policy_revision)
+        return True
     if event.kind is not EventKind.REVOKED:
         return False
     entry = event.detail.get("revocation")

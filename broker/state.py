@@ -17,6 +17,8 @@ from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
 from broker.links.token import LinkCodec
+from broker.links.transfers import TransferLog
+from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
@@ -44,6 +46,8 @@ class AppState:
     metrics: Metrics
     dpop: DpopVerifier
     consents: ConsentStore
+    windows: DecisionWindows
+    transfers: TransferLog
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -34,6 +34,14 @@ link.issued    DCM 110113 Security Alert DCM 110135 Object      E     110113 / 1
 revoked        DCM 110113 Security Alert 110135 (a link) or     E     110113 / 110135 or 110137
                                          110137 User Security
                                          Attributes Changed
+link.granted   DCM 110113 Security Alert AuthZ-Role (BALP)      E     110113 / 110132 (a redeem
+                                                                      decision, for a window)
+assignment.    DCM 110113 Security Alert DCM 110135             E     110113 / 110135
+changed
+policy.revised DCM 110113 Security Alert DCM 110129 Security    E     110113 / 110129
+                                         Configuration
+link.          rest (BALP Read)          read                   R     110104 DICOM Instances
+transferred                                                           Transferred
 link.redeemed  rest (BALP Read)          read                   R     view: 110103 DICOM
                                                                       Instances Accessed;
                                                                       download: 110106 Export
@@ -46,6 +54,12 @@ link.redeemed  rest (BALP Read)          read                   R     view: 1101
   authorization-decision code in DCID 403, so 110132 "Use of Restricted Function" is used there.
 * ``revoked`` uses 110135 when a ``link_id`` is present (the link loses its access), otherwise
   110137 (a subject's sessions were revoked, e.g. by OIDC back-channel logout).
+* ``link.transferred`` is one aggregate of the reads inside a decision window (one link, one
+  series; ``detail`` carries the SOP Instance UIDs with their frame numbers, bytes, request
+  counts and the first/last read): one FHIR BALP Read (``period`` = first..last read) and one
+  DICOM "DICOM Instances Transferred" message (A.5.3.5: the broker as Source, 110153; the user
+  as Destination, 110152). The instances are listed in the audit-record object's ``detail``
+  entry, not as SOPClass elements: the broker relays bytes and does not know the SOP Class.
 * ``link.redeemed`` uses the DICOM Data Export message (A.5.3.4) when the operation is
   ``download`` (data leaves the broker's security domain), DICOM Instances Accessed (A.5.3.6)
   otherwise. FHIR records both as a BALP RESTful read.
@@ -191,8 +205,10 @@ _EMERGENCY_OVERRIDE = _Code("110127", "Emergency Override Started")
 _RESTRICTED_FUNCTION = _Code("110132", "Use of Restricted Function")
 _OBJECT_SECURITY_CHANGED = _Code("110135", "Object Security Attributes Changed")
 _USER_SECURITY_CHANGED = _Code("110137", "User security Attributes Changed")
+_SECURITY_CONFIGURATION = _Code("110129", "Security Configuration")
 _INSTANCES_ACCESSED = _Code("110103", "DICOM Instances Accessed")
 _EXPORT = _Code("110106", "Export")
+_INSTANCES_TRANSFERRED = _Code("110104", "DICOM Instances Transferred")
 _APPLICATION = _Code("110150", "Application")
 _DESTINATION_ROLE = _Code("110152", "Destination Role ID")
 _SOURCE_ROLE = _Code("110153", "Source Role ID")
@@ -215,11 +231,22 @@ _AUDIT_RECORD_ID = _Code(
 
 _USER_AUTH_KINDS: Final = frozenset({"login", "login.failed", "step_up", "logout"})
 _AUTH_KINDS: Final = _USER_AUTH_KINDS | {"token.rejected"}
-_ACCESS_KINDS: Final = frozenset({"decision", "link.issued", "link.redeemed"})
+_READ_KINDS: Final = frozenset({"link.redeemed", "link.transferred"})
+_ACCESS_KINDS: Final = frozenset({"decision", "link.issued", "link.granted"}) | _READ_KINDS
 _SECURITY_ALERT_KINDS: Final = frozenset(
-    {"token.rejected", "decision", "break_glass", "link.issued", "revoked", "consent.changed"}
+    {
+        "token.rejected",
+        "decision",
+        "break_glass",
+        "link.issued",
+        "link.granted",
+        "revoked",
+        "consent.changed",
+        "assignment.changed",
+        "policy.revised",
+    }
 )
-KINDS: Final = _USER_AUTH_KINDS | _SECURITY_ALERT_KINDS | {"link.redeemed"}
+KINDS: Final = _USER_AUTH_KINDS | _SECURITY_ALERT_KINDS | _READ_KINDS
 _WARNING_KINDS: Final = frozenset({"login.failed", "token.rejected", "break_glass"})
 
 _ALERT_DESCRIPTIONS: Final = {
@@ -229,6 +256,9 @@ _ALERT_DESCRIPTIONS: Final = {
     "link.issued": "Study access link issued",
     "revoked": "Access revoked",
     "consent.changed": "Patient consent to external reading changed",
+    "assignment.changed": "Study worklist assignments changed",
+    "policy.revised": "Access policy revision changed",
+    "link.granted": "Study access granted for a decision window",
 }
 
 _CE_TYPE = re.compile(r"org\.telerad\.(?P<kind>[a-z_.]+)\.v[0-9]+")
@@ -283,6 +313,7 @@ class _Event:
     session_id: str | None
     link_id: str | None
     detail: str | None  # JSON
+    period: tuple[str, str] | None = None  # link.transferred: first and last read
 
     @classmethod
     def parse(cls, event: Mapping[str, Any], ce_type: str | None) -> _Event:
@@ -344,6 +375,9 @@ class _Event:
             detail=_clean(json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str))
             if detail
             else None,
+            period=(_iso_time(detail.get("first")), _iso_time(detail.get("last")))
+            if kind == "link.transferred"
+            else None,
         )
 
     @property
@@ -393,7 +427,7 @@ def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
         return _USER_AUTHENTICATION, _LOGIN, "E"
     if kind == "logout":
         return _USER_AUTHENTICATION, _LOGOUT, "E"
-    if kind == "link.redeemed":
+    if kind in _READ_KINDS:
         return _REST, _READ, "R"
     subtypes = {
         "token.rejected": _NODE_AUTHENTICATION,
@@ -401,6 +435,9 @@ def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
         "break_glass": _EMERGENCY_OVERRIDE,
         "link.issued": _OBJECT_SECURITY_CHANGED,
         "consent.changed": _OBJECT_SECURITY_CHANGED,  # the study's access attributes changed
+        "assignment.changed": _OBJECT_SECURITY_CHANGED,
+        "policy.revised": _SECURITY_CONFIGURATION,
+        "link.granted": _AUTHZ_ROLE,  # the redeem decision, granted for a window
     }
     subtype = subtypes.get(kind) or (
         _OBJECT_SECURITY_CHANGED if event.link_id else _USER_SECURITY_CHANGED
@@ -410,6 +447,8 @@ def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
 
 def _dicom_codes(event: _Event) -> tuple[_Code, list[_Code], str]:
     """DICOM (EventID, EventTypeCodes, EventActionCode); see the module docstring."""
+    if event.kind == "link.transferred":
+        return _INSTANCES_TRANSFERRED, [], "R"
     if event.kind == "link.redeemed":
         return (_EXPORT if event.is_export else _INSTANCES_ACCESSED), [], "R"
     event_type, subtype, action = _fhir_codes(event)
@@ -447,6 +486,8 @@ def to_fhir_audit_event(
         "recorded": ev.time,
         "outcome": ev.outcome_code(),
     }
+    if ev.period is not None:
+        resource["period"] = {"start": ev.period[0], "end": ev.period[1]}
     if ev.reasons:
         resource["outcomeDesc"] = ", ".join(ev.reasons)
     purpose = ev.purpose_code()
@@ -467,7 +508,7 @@ def to_fhir_audit_event(
             user["role"] = [_role_concept(role, ev.issuer) for role in ev.roles]
         agents.append(user)
     if ev.client_ip is not None or ev.user_agent is not None:
-        client_type = _DESTINATION_ROLE if ev.kind == "link.redeemed" else _APPLICATION
+        client_type = _DESTINATION_ROLE if ev.kind in _READ_KINDS else _APPLICATION
         client: dict[str, Any] = {"type": client_type.concept()}
         if ev.user_agent is not None:
             client["who"] = {"display": ev.user_agent}
@@ -475,9 +516,9 @@ def to_fhir_audit_event(
         if ev.client_ip is not None:
             client["network"] = {"address": ev.client_ip, "type": _network_type(ev.client_ip)}
         agents.append(client)
-    if ev.kind == "link.redeemed":
+    if ev.kind in _READ_KINDS:
         broker_type = _SOURCE_ROLE
-    elif ev.kind in ("decision", "break_glass"):
+    elif ev.kind in ("decision", "break_glass", "link.granted"):
         broker_type = _AUTHSERVER
     else:
         broker_type = _APPLICATION
@@ -573,7 +614,7 @@ def to_dicom_audit_message(
             user_attrs["NetworkAccessPointID"] = ev.client_ip
             user_attrs["NetworkAccessPointTypeCode"] = _network_type(ev.client_ip)
         user = ET.SubElement(root, "ActiveParticipant", user_attrs)
-        if ev.is_export:
+        if ev.is_export or ev.kind == "link.transferred":
             _coded(user, "RoleIDCode", _DESTINATION_ROLE)
         role_system = ev.issuer or observer
         for role in ev.roles:
@@ -581,7 +622,8 @@ def to_dicom_audit_message(
     broker = ET.SubElement(
         root, "ActiveParticipant", {"UserID": observer, "UserIsRequestor": "false"}
     )
-    _coded(broker, "RoleIDCode", _SOURCE_ROLE if ev.is_export else _APPLICATION)
+    transfer = ev.kind == "link.transferred"  # A.5.3.5: the broker sends, the user receives
+    _coded(broker, "RoleIDCode", _SOURCE_ROLE if ev.is_export or transfer else _APPLICATION)
     if ev.is_export:  # A.5.3.4 Media (1): a network destination, so its address
         media_attrs = {"UserID": ev.client_ip or "unknown", "UserIsRequestor": "false"}
         if ev.client_ip is not None:

@@ -27,6 +27,10 @@ class EventKind(StrEnum):
     BREAK_GLASS = "break_glass"
     CONSENT_CHANGED = "consent.changed"  # from the hospital's systems: detail.consent permit|deny
     INSTANCE_STORED = "instance.stored"  # an instance's fingerprint at ingest (streams.integrity)
+    ASSIGNMENT_CHANGED = "assignment.changed"  # from the RIS feed: a study's assignments changed
+    POLICY_REVISED = "policy.revised"  # a replica saw a new policy revision (policy_revision)
+    LINK_GRANTED = "link.granted"  # a decision window opened: the grant, durable before bytes
+    LINK_TRANSFERRED = "link.transferred"  # what flowed inside a window, per link and series
 
 
 class Outcome(StrEnum):

@@ -2,10 +2,12 @@
 
 The audit guarantee is *acknowledged before answered*: :meth:`KafkaAuditSink.emit` returns only
 once Kafka has acknowledged the record with ``acks=all`` (idempotent producer), within a deadline;
-otherwise it raises :class:`AuditUnavailable` and the caller refuses the request (503). Concurrent
-requests are batched by the producer (``linger_ms``), so waiting costs one round trip per batch,
-not per event. A broker process killed with ``kill -9`` therefore loses nothing it granted: every
-grant it answered is already in Kafka. Retries inside the idempotent producer do not duplicate;
+otherwise it raises :class:`AuditUnavailable` and the caller refuses the request (503). Batching
+adapts to load (group commit): with no produce request in flight a record is sent at once
+(``linger_ms=0``); while one is in flight (one per broker connection) the next batch gathers, so
+waiting costs one round trip per batch, not per event, and one client never waits for a linger.
+A broker process killed with ``kill -9`` therefore loses nothing it granted: every grant it
+answered is already in Kafka. Retries inside the idempotent producer do not duplicate;
 a client that retries a whole request after a 503 may produce a second event with a new id.
 """
 
@@ -16,8 +18,8 @@ import logging
 import queue
 import socket
 import threading
-import uuid
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,11 @@ def make_producer(bootstrap: str, **overrides: Any) -> Any:
         "bootstrap_servers": bootstrap,
         "acks": "all",
         "enable_idempotence": True,
-        "linger_ms": 2,  # batch concurrent requests; one ack round trip per batch
+        # Group commit: nothing waits for a batch to fill (linger 0), and with one request in
+        # flight per broker, whatever arrives meanwhile gathers into the next batch. One client
+        # pays one round trip; 64 clients share round trips.
+        "linger_ms": 0,
+        "max_in_flight_requests_per_connection": 1,
         "batch_size": 262144,
         "max_block_ms": 2000,  # send() never hangs a request when Kafka is unreachable
         "request_timeout_ms": 5000,
@@ -119,18 +125,25 @@ class KafkaAuditSink:
 
     async def emit(self, event: AuditEvent) -> None:
         """Return once Kafka acknowledged ``event``; raise :class:`AuditUnavailable` otherwise."""
-        key, value, headers = to_record(event, source=self._source)
+        await self.emit_many([event])
+
+    async def emit_many(self, events: Sequence[AuditEvent]) -> None:
+        """Return once Kafka acknowledged every one of ``events`` (handed to the producer
+        together, so they share a batch and one round trip); :class:`AuditUnavailable` if not."""
         loop = asyncio.get_running_loop()
-        topics = [self._topic, *self._extra_topics(event)]
-        acks: list[asyncio.Future[None]] = [loop.create_future() for _ in topics]
+        records: list[_Record] = []
+        for event in events:
+            key, value, headers = to_record(event, source=self._source)
+            for topic in [self._topic, *self._extra_topics(event)]:
+                records.append(_Record(topic, key, value, headers, loop.create_future()))
         try:
             self._start_sender()
-            self._queue.put_nowait(_Outgoing(loop, topics, key, value, headers, acks))
-            await asyncio.wait_for(asyncio.gather(*acks), self._timeout)
-        except Exception as exc:  # whatever failed, the event is not durable: fail closed
+            self._queue.put_nowait(_Outgoing(loop, records))
+            await asyncio.wait_for(asyncio.gather(*(r.ack for r in records)), self._timeout)
+        except Exception as exc:  # whatever failed, the events are not durable: fail closed
             log.error(
                 "audit event not acknowledged by Kafka",
-                extra={"event_id": event.id, "error": type(exc).__name__},
+                extra={"event_id": ",".join(e.id for e in events), "error": type(exc).__name__},
             )
             raise AuditUnavailable() from exc  # its own message: nothing of Kafka reaches clients
 
@@ -145,14 +158,14 @@ class KafkaAuditSink:
         while (item := self._queue.get()) is not None:
             try:
                 producer = self._ensure_producer()
-                for topic, future in zip(item.topics, item.acks, strict=True):
+                for record in item.records:
                     sent = producer.send(
-                        topic, key=item.key, value=item.value, headers=item.headers
+                        record.topic, key=record.key, value=record.value, headers=record.headers
                     )
-                    _settle_on_ack(item.loop, sent, future)
+                    _settle_on_ack(item.loop, sent, record.ack)
             except Exception as exc:  # noqa: BLE001 - reported to the waiting request, not lost
-                for future in item.acks:
-                    item.loop.call_soon_threadsafe(_settle, future, exc)
+                for record in item.records:
+                    item.loop.call_soon_threadsafe(_settle, record.ack, exc)
 
     async def start(self) -> None:
         """Connect early (a failure here only logs: emit() fails closed, readiness reports it)."""
@@ -173,13 +186,18 @@ class KafkaAuditSink:
 
 
 @dataclass(frozen=True)
-class _Outgoing:
-    loop: asyncio.AbstractEventLoop
-    topics: list[str]
+class _Record:
+    topic: str
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
-    acks: list[asyncio.Future[None]]
+    ack: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    loop: asyncio.AbstractEventLoop
+    records: list[_Record]
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -196,7 +214,17 @@ def _settle_on_ack(
 
 
 class RevocationListener:
-    """Applies ``revoked`` events from every replica to this one (a thread, its own group)."""
+    """Applies control events (revocations, consent, assignments, policy revisions) from every
+    replica to this one: a thread reading the control topic from its start.
+
+    It reads without a consumer group: its partitions are assigned by hand and read from the
+    earliest retained record, so a new replica learns every revocation still in force, and there
+    is no group join to wait for (a new group's join took seconds, and on a topic created after
+    the subscription could leave the consumer with no partitions until a later rebalance).
+    Partitions are looked up again every few seconds, so a topic created later is picked up.
+    """
+
+    _RECHECK_SECONDS = 5.0
 
     def __init__(
         self, bootstrap: str, topic: str, apply: Callable[[AuditEvent], object], *, instance: str
@@ -213,21 +241,40 @@ class RevocationListener:
         self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
         self._thread.start()
 
+    def _assign(self, consumer: Any, assigned: set[Any]) -> set[Any]:
+        """Assign every partition of the topic; new ones are read from their beginning."""
+        from kafka import TopicPartition
+
+        partitions = consumer.partitions_for_topic(self._topic) or set()
+        wanted = {TopicPartition(self._topic, p) for p in partitions}
+        if wanted != assigned:
+            consumer.assign(sorted(wanted))
+            consumer.seek_to_beginning(*sorted(wanted - assigned))
+        return wanted
+
     def _run(self) -> None:
         from broker.audit.cloudevents import PoisonRecord, from_record
 
         consumer = None
+        assigned: set[Any] = set()
+        checked = 0.0
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    # A group of its own, from the earliest retained record: a new replica
-                    # learns every revocation still in force.
                     consumer = make_consumer(
                         self._bootstrap,
-                        self._topic,
-                        group_id=f"telerad-revocations-{self._instance}-{uuid.uuid4().hex[:8]}",
+                        group_id=None,  # nothing to commit: every start reads from the start
                         client_id=f"telerad-revocations-{self._instance}",
+                        metadata_max_age_ms=5000,
                     )
+                    assigned, checked = set(), 0.0
+                now = time.monotonic()
+                if now - checked >= (self._RECHECK_SECONDS if assigned else 0.5):
+                    checked = now
+                    assigned = self._assign(consumer, assigned)
+                if not assigned:
+                    self._stop.wait(0.25)
+                    continue
                 for records in consumer.poll(timeout_ms=250).values():
                     for record in records:
                         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 from broker.audit.events import AuditEvent
@@ -24,6 +25,10 @@ class AuditSink(Protocol):
 
     async def emit(self, event: AuditEvent) -> None: ...
 
+    async def emit_many(self, events: Sequence[AuditEvent]) -> None:
+        """Return once every one of ``events`` is durable (one produce, one wait)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -39,6 +44,11 @@ class MemorySink:
             raise AuditUnavailable("memory sink set to fail")
         self.events.append(event)
 
+    async def emit_many(self, events: Sequence[AuditEvent]) -> None:
+        if self.fail:
+            raise AuditUnavailable("memory sink set to fail")
+        self.events.extend(events)
+
     async def close(self) -> None:
         return None
 
@@ -51,6 +61,10 @@ class LogSink:
 
     async def emit(self, event: AuditEvent) -> None:
         log.info("audit %s", event.type, extra={"audit": event.model_dump(mode="json")})
+
+    async def emit_many(self, events: Sequence[AuditEvent]) -> None:
+        for event in events:
+            await self.emit(event)
 
     async def close(self) -> None:
         return None

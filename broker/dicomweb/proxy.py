@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -65,6 +65,9 @@ _PASS_HEADERS = ("accept",)
 _RETURN_HEADERS = ("content-type", "content-length", "content-encoding", "etag", "last-modified")
 _JSON_TYPES = ("application/dicom+json", "application/json")
 _DICOM_JSON = "application/dicom+json"
+# Answers up to this size (with a Content-Length) are read whole and sent in one write; larger
+# ones (a whole study) are streamed. At six parallel viewer requests: 6 x 8 MiB at most.
+_BUFFER_MAX = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -262,14 +265,24 @@ class DicomwebProxy:
         query: list[tuple[str, str]],
         headers: dict[str, str],
         link_base: str,
+        on_done: Callable[[int, bool], None] | None = None,
     ) -> Response:
-        """Send the request upstream and stream the answer back (JSON rewritten)."""
+        """Send the request upstream and stream the answer back (JSON rewritten).
+
+        ``on_done(bytes, complete)`` is told what reached the client once the body is out (a
+        transfer record); answers raised as errors are not reported to it.
+        """
+        done = on_done or _ignore
         params = upstream_query(parsed, query)
         if params is None:
+            done(2, True)
             return _empty_search()  # the client asked only for other studies
         sent = {k: v[:512] for k, v in headers.items() if k.lower() in _PASS_HEADERS}
         if parsed.study_search:
             sent = {"accept": _DICOM_JSON}  # the answer is filtered, so it must be DICOM JSON
+        # The bytes are relayed as the PACS has them: asking for gzip (httpx's default) made
+        # Orthanc compress every frame and the broker decompress it again.
+        sent["accept-encoding"] = "identity"
         url = f"{self._root}/{parsed.upstream}"
         request = self._http.build_request(
             "GET",
@@ -287,6 +300,7 @@ class DicomwebProxy:
         if status != 200:
             await upstream.aclose()
             if parsed.query and (status == 204 or (parsed.study_search and status in (400, 404))):
+                done(2, True)
                 return _empty_search()
             if status in (400, 404):
                 raise NotFound()
@@ -313,12 +327,26 @@ class DicomwebProxy:
             out_headers.pop("content-encoding", None)
             if parsed.study_search:
                 out_headers.pop("etag", None)  # the PACS's tag names what it sent, not this
+            done(len(rewritten), True)
             return Response(rewritten, status_code=200, headers=out_headers)
         out_headers.pop("content-encoding", None)  # httpx streams decoded bytes below
-        if upstream.headers.get("content-encoding"):
+        encoded = bool(upstream.headers.get("content-encoding"))
+        if encoded:
             out_headers.pop("content-length", None)
+        size = _content_length(upstream)
+        if not encoded and size is not None and size <= _BUFFER_MAX:
+            # A frame, a rendered image, an instance: read whole and sent in one write. A
+            # streamed answer costs a task group, a disconnect listener and a send per chunk.
+            try:
+                body = await upstream.aread()
+            except httpx.HTTPError as exc:
+                raise UpstreamError() from exc
+            finally:
+                await upstream.aclose()
+            done(len(body), len(body) == size)
+            return Response(body, status_code=200, headers=out_headers)
         return StreamingResponse(
-            _relay(upstream),
+            _relay(upstream, done),
             status_code=200,
             headers=out_headers,
             background=BackgroundTask(upstream.aclose),
@@ -354,9 +382,25 @@ def _root_spellings(root: str) -> list[str]:
     return sorted(spellings, key=len, reverse=True)
 
 
-async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _ignore(_size: int, _complete: bool) -> None:
+    return None
+
+
+async def _relay(
+    upstream: httpx.Response, done: Callable[[int, bool], None]
+) -> AsyncIterator[bytes]:
+    sent, complete = 0, False
     try:
         async for chunk in upstream.aiter_bytes():
             yield chunk
+            sent += len(chunk)
+        complete = True
     except httpx.HTTPError:
         return  # the PACS broke off mid-stream; the client sees a short body, never a 500
+    finally:
+        done(sent, complete)  # also when the client went away (the generator is closed)

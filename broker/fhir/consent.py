@@ -251,6 +251,7 @@ async def record_consent(request: Request) -> Response:
     state.consents.apply_event(
         AuditEvent(kind=EventKind.CONSENT_CHANGED, outcome=Outcome.SUCCESS, detail=event_detail)
     )
+    state.revocations.changed("consent_patient", pseudonym)  # decision windows end here at once
     return JSONResponse(
         record.resource,
         status_code=201,

@@ -5,8 +5,13 @@
     GET  /links/{token}/dicom-web/{path}         redeem: DICOMweb below the linked study
 
 Redemption, on every request: open the token (404 if it does not open, 410 once expired or
-revoked), authenticate the caller and check the link's binding (403 for anyone else), ask the
-policy again (action ``redeem``), audit, and only then proxy to the PACS.
+revoked), check the path, authenticate the caller and check the link's binding (403 for anyone
+else), and only then proxy to the PACS. The policy (action ``redeem``) is asked on the holder's
+first request; an allow with the obligation ``redeem_window_seconds`` opens a decision window
+(``broker.links.window``) that later requests of that holder, link and operation reuse instead of
+asking again. The window's grant event is made durable with the decision before the first byte;
+the reads inside it are recorded as aggregated ``link.transferred`` events. Without a window each
+request records its own ``link.redeemed`` event, durably, before it is answered.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.audit import AuditEvent, AuditUnavailable, EventKind, Outcome
 from broker.crypto import b64u_encode
+from broker.dicomweb.facts import StudyFacts
 from broker.dicomweb.proxy import parse_path
 from broker.errors import (
     DependencyUnavailable,
@@ -37,6 +43,8 @@ from broker.identity.bearer import TokenRejected
 from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
 from broker.links.token import LinkClaims, LinkInvalid
+from broker.links.transfers import Transferred
+from broker.links.window import Window, WindowKey, window_seconds
 from broker.opa import Decision
 from broker.openapi import AUTHENTICATED, error_responses, redirect_response
 from broker.policy import RequestContext
@@ -120,16 +128,24 @@ def _binding(principal: Principal, request: Request) -> dict[str, str]:
     return {"sub": subject_binding(principal)}
 
 
-def _bound_to(claims: LinkClaims, principal: Principal, request: Request) -> bool:
+def _holder(claims: LinkClaims, principal: Principal, request: Request) -> str | None:
+    """The link's binding as this request presents it (``sid:…``, ``sub:…``, ``jkt:…``), or
+    None when the caller is not the holder."""
     ((kind, value),) = claims.binding.items()
     if kind == "sid":
-        return principal.via == "session" and principal.session_id == value
-    if kind == "sub":
-        return hmac.compare_digest(subject_binding(principal), value)
-    if kind == "jkt":
+        bound = principal.via == "session" and principal.session_id == value
+    elif kind == "sub":
+        bound = hmac.compare_digest(subject_binding(principal), value)
+    elif kind == "jkt":
         thumbprint = _dpop_thumbprint(request)
-        return thumbprint is not None and hmac.compare_digest(thumbprint, value)
-    return False
+        bound = thumbprint is not None and hmac.compare_digest(thumbprint, value)
+    else:
+        bound = False
+    return f"{kind}:{value}" if bound else None
+
+
+def _bound_to(claims: LinkClaims, principal: Principal, request: Request) -> bool:
+    return _holder(claims, principal, request) is not None
 
 
 def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
@@ -163,7 +179,52 @@ async def issue_link(
 ) -> dict[str, Any]:
     state = state_of(request)
     context = RequestContext.of(request)
+    binding = _binding(principal, request)  # a bad DPoP proof fails here, before any decision
     facts = await state.facts.get(body.study_uid)
+    sealed: list[tuple[LinkClaims, str]] = []
+
+    def issued(decision: Decision, _decided: AuditEvent) -> list[AuditEvent]:
+        """The link, sealed on an allow that grants something; its event rides with the
+        decision's (one produce, one acknowledgement)."""
+        if not decision.allow:
+            return []
+        ttl = min(int(decision.obligations.get("link_ttl_seconds", 0)), _MAX_TTL)
+        granted = [op for op in decision.obligations.get("operations", []) if op in body.operations]
+        if ttl <= 0 or not granted:
+            return []
+        now = int(context.now)
+        claims = LinkClaims(
+            subject=principal.id,
+            issuer=principal.issuer,
+            study_uid=facts.study_uid,
+            operations=tuple(sorted(granted)),
+            expires_at=now + ttl,
+            issued_at=now,
+            decision_id=decision.decision_id,
+            binding=binding,
+            bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
+        )
+        # runs inside authorize, after its allow and before the events are made durable
+        sealed.append((claims, state.links.seal(claims)))  # lint: no-decision (see above)
+        return [
+            AuditEvent(
+                kind=EventKind.LINK_ISSUED,
+                outcome=Outcome.SUCCESS,
+                subject=principal.id,
+                issuer=principal.issuer,
+                roles=list(principal.roles),
+                action="issue_link",
+                study_uid=facts.study_uid,
+                operations=list(claims.operations),
+                decision_id=decision.decision_id,
+                link_id=claims.link_id,
+                client_ip=context.client_ip,
+                user_agent=context.user_agent,
+                session_id=principal.session_id,
+                detail={"expires_at": claims.expires_at},
+            )
+        ]
+
     decision = await state.enforcer.authorize(
         principal,
         "issue_link",
@@ -171,44 +232,13 @@ async def issue_link(
         facts,
         context,
         break_glass=body.break_glass_justification,
+        also=issued,
     )
     if not decision.allow:
         _refuse(decision, principal, request)
-    ttl = min(int(decision.obligations.get("link_ttl_seconds", 0)), _MAX_TTL)
-    granted = [op for op in decision.obligations.get("operations", []) if op in body.operations]
-    if ttl <= 0 or not granted:
+    if not sealed:
         raise Forbidden("The policy granted nothing to link.")
-    now = int(context.now)
-    claims = LinkClaims(
-        subject=principal.id,
-        issuer=principal.issuer,
-        study_uid=facts.study_uid,
-        operations=tuple(sorted(granted)),
-        expires_at=now + ttl,
-        issued_at=now,
-        decision_id=decision.decision_id,
-        binding=_binding(principal, request),
-        bearer_only=bool(decision.obligations.get("bearer_only_redeem", False)),
-    )
-    token = state.links.seal(claims)
-    await state.audit.emit(
-        AuditEvent(
-            kind=EventKind.LINK_ISSUED,
-            outcome=Outcome.SUCCESS,
-            subject=principal.id,
-            issuer=principal.issuer,
-            roles=list(principal.roles),
-            action="issue_link",
-            study_uid=facts.study_uid,
-            operations=list(claims.operations),
-            decision_id=decision.decision_id,
-            link_id=claims.link_id,
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
-            session_id=principal.session_id,
-            detail={"expires_at": claims.expires_at},
-        ),
-    )
+    ((claims, token),) = sealed
     base = str(state.settings.public_url).rstrip("/")
     return {
         "url": f"{base}/links/{token}/dicom-web/studies/{facts.study_uid}",
@@ -265,6 +295,7 @@ async def redeem(token: str, path: str, request: Request) -> Response:
     claims: LinkClaims | None = None
     principal: Principal | None = None
     operation: str | None = None
+    decision: Decision | None = None
     reason = "invalid_link"
     try:
         try:
@@ -286,29 +317,143 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         reason = "unauthenticated"
         principal = await current_principal(request)
         reason = "not_link_holder"
-        if not _bound_to(claims, principal, request) or principal.id != claims.subject:
+        holder = _holder(claims, principal, request)
+        if holder is None or principal.id != claims.subject:
             raise Forbidden("This link was issued to someone else.")
         reason = "operation_not_in_link"
         if parsed.operation not in claims.operations:
             raise Forbidden("This link does not allow that operation.")
-        reason = "study_unavailable"
-        facts = await state.facts.get(claims.study_uid)
-        reason = "policy_denied"
-        decision = await state.enforcer.authorize(
-            principal, "redeem", [parsed.operation], facts, context
-        )
-        if not decision.allow:
-            _refuse(decision, principal, request)
+        key = WindowKey(claims.link_id, holder, principal.id, parsed.operation)
+        window = state.windows.get(key, policy_revision=state.enforcer.policy_revision)
+        if window is None:
+            async with state.windows.deciding(key):
+                # a concurrent first request may have opened it while this one waited
+                window = state.windows.get(key, policy_revision=state.enforcer.policy_revision)
+                if window is None:
+                    # read before the facts: a change that lands while they are fetched or
+                    # the policy is asked keeps this decision from opening a window
+                    generation = state.windows.generation
+                    reason = "study_unavailable"
+                    facts = await state.facts.get(claims.study_uid)
+                    reason = "policy_denied"
+                    decision, window = await _decide_window(
+                        state, key, claims, principal, facts, context, request, generation
+                    )
     except TeleradError as exc:
         state.metrics.redemptions.labels(reason).inc()
         await _audit_redeem(state, claims, principal, operation, Outcome.DENY, [reason], context)
         raise exc from None
-    state.metrics.redemptions.labels("allow").inc()
-    await _audit_redeem(state, claims, principal, operation, Outcome.ALLOW, [], context, decision)
+    state.metrics.redemptions.labels("allow" if decision is not None else "window").inc()
     link_base = f"{str(state.settings.public_url).rstrip('/')}/links/{token}/dicom-web"
-    return await state.proxy.forward(
-        parsed, list(request.query_params.multi_items()), dict(request.headers), link_base
+    query = list(request.query_params.multi_items())
+    if window is None:
+        # no window (the policy gave none): this request is recorded on its own, durably
+        decision_id = decision.decision_id if decision is not None else None
+        await _audit_redeem(
+            state, claims, principal, operation, Outcome.ALLOW, [], context, decision_id
+        )
+        return await state.proxy.forward(parsed, query, dict(request.headers), link_base)
+    # Inside a window the grant is durable already; what flows is aggregated per link and
+    # series and flushed every second (broker.links.transfers).
+    who = Transferred(
+        link_id=claims.link_id,
+        grant_id=window.grant_id,
+        decision_id=window.decision_id,
+        subject=principal.id,
+        issuer=principal.issuer,
+        session_id=principal.session_id,
+        study_uid=claims.study_uid,
+        operation=parsed.operation,
+        client_ip=context.client_ip,
+        user_agent=context.user_agent,
     )
+    upstream = parsed.upstream
+
+    def transferred(size: int, complete: bool) -> None:
+        state.transfers.record(who, upstream, size=size, ok=complete)
+
+    try:
+        return await state.proxy.forward(
+            parsed, query, dict(request.headers), link_base, on_done=transferred
+        )
+    except TeleradError:
+        transferred(0, False)
+        raise
+
+
+async def _decide_window(
+    state: AppState,
+    key: WindowKey,
+    claims: LinkClaims,
+    principal: Principal,
+    facts: StudyFacts,
+    context: RequestContext,
+    request: Request,
+    generation: int,
+) -> tuple[Decision, Window | None]:
+    """Ask the policy (action ``redeem``); on an allow with ``redeem_window_seconds``, open a
+    window whose grant event is made durable together with the decision's.
+
+    Raises the refusal on a deny. ``generation`` is the windows' generation read before the
+    study's facts were.
+    """
+    opened: list[Window] = []
+
+    def grant(decision: Decision, decided: AuditEvent) -> list[AuditEvent]:
+        seconds = window_seconds(
+            decision.obligations.get("redeem_window_seconds"),
+            now=context.now,
+            link_expires_at=claims.expires_at,
+        )
+        if not decision.allow or seconds <= 0:
+            return []
+        event = AuditEvent(
+            kind=EventKind.LINK_GRANTED,
+            outcome=Outcome.ALLOW,
+            subject=principal.id,
+            issuer=principal.issuer,
+            roles=list(principal.roles),
+            action="redeem",
+            study_uid=claims.study_uid,
+            operations=[key.operation],
+            decision_id=decision.decision_id,
+            policy_revision=decision.policy_revision,
+            client_ip=context.client_ip,
+            user_agent=context.user_agent,
+            session_id=principal.session_id,
+            link_id=claims.link_id,
+            detail={
+                "window_start": context.now,
+                "window_end": context.now + seconds,
+                "holder": key.holder.split(":", 1)[0],
+                "decision_event": decided.id,
+            },
+        )
+        opened.append(
+            Window(
+                key=key,
+                study_uid=claims.study_uid,
+                session_id=principal.session_id,
+                decision_id=decision.decision_id,
+                policy_revision=decision.policy_revision,
+                start=context.now,
+                end=context.now + seconds,
+                grant_id=event.id,
+            )
+        )
+        return [event]
+
+    decision = await state.enforcer.authorize(
+        principal, "redeem", [key.operation], facts, context, also=grant
+    )
+    if not decision.allow:
+        _refuse(decision, principal, request)
+    if not opened:
+        return decision, None
+    # The grant is durable. The window opens for later requests unless a change arrived while
+    # it was being decided; this request is covered by its grant either way.
+    state.windows.open(opened[0], generation=generation)
+    return decision, opened[0]
 
 
 async def _audit_redeem(
@@ -319,7 +464,7 @@ async def _audit_redeem(
     outcome: Outcome,
     reasons: list[str],
     context: RequestContext,
-    decision: Decision | None = None,
+    decision_id: str | None = None,
 ) -> None:
     await state.audit.emit(
         AuditEvent(
@@ -331,7 +476,7 @@ async def _audit_redeem(
             study_uid=claims.study_uid if claims else None,
             operations=[operation] if operation else [],
             reasons=reasons,
-            decision_id=decision.decision_id if decision else None,
+            decision_id=decision_id,
             link_id=claims.link_id if claims else None,
             client_ip=context.client_ip,
             user_agent=context.user_agent,

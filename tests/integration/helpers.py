@@ -9,6 +9,7 @@ import html
 import re
 import struct
 import time
+from typing import Any
 
 import httpx
 
@@ -118,3 +119,23 @@ def expired_link(study_uid: str, subject: str = "npi:1000000001") -> LinkClaims:
         issued_at=now - 600,
         binding={"sid": "s"},
     )
+
+
+def transfer_records(
+    audit: Any, link_id: str | None = None, *, at_least: int = 1, requests: int | None = None
+) -> list[Any]:
+    """The ``link.transferred`` events a broker has flushed, waiting a few flush intervals until
+    there are ``at_least`` of them or, with ``requests``, until they count that many requests
+    (one open's reads may be split over several flushes)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [
+            e
+            for e in audit.events
+            if e.kind.value == "link.transferred" and link_id in (None, e.link_id)
+        ]
+        counted = sum(e.detail["requests"] for e in found)
+        enough = counted >= requests if requests is not None else len(found) >= at_least
+        if enough or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

@@ -18,7 +18,7 @@ from broker.links.token import LinkClaims
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from tests.integration.conftest import LiveBroker
-from tests.integration.helpers import password_token
+from tests.integration.helpers import password_token, transfer_records
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +71,24 @@ class TestIssue:
         assert "npi" not in sealed and "1000000001" not in sealed
         assert 0 < link["expires_at"] - time.time() <= 600
         assert live_broker.audit.kinds()[-2:] == ["decision", "link.issued"]
+
+    def test_decision_and_link_issued_are_one_durable_write(
+        self, live_broker: LiveBroker, stack: Stack
+    ) -> None:
+        ada = token(stack, "ada")
+        writes: list[list[str]] = []
+        sink = live_broker.audit
+        original = sink.emit_many
+
+        async def counting(events: Any) -> None:
+            writes.append([e.kind.value for e in events])
+            await original(events)
+
+        sink.emit_many = counting  # type: ignore[method-assign]
+        link = issue(live_broker, ada, "stolaf-ct-chest", ["view"])
+        assert writes == [["decision", "link.issued"]]
+        decided, issued = sink.events[-2:]
+        assert (issued.link_id, issued.decision_id) == (link["link_id"], decided.decision_id)
 
     def test_denied_issue_is_403_with_reasons(self, live_broker: LiveBroker, stack: Stack) -> None:
         response = httpx.post(
@@ -129,7 +147,10 @@ class TestRedeem:
         assert sorted(parts(linked)) == sorted(
             parts(direct(stack, f"studies/{study.study_uid}", MULTIPART_DICOM))
         )
-        assert "link.redeemed" in live_broker.audit.kinds()
+        # the reads were under the window the first one opened: its grant, then the transfers
+        assert "link.granted" in live_broker.audit.kinds()
+        transferred = transfer_records(live_broker.audit, link["link_id"])
+        assert transferred and all(e.study_uid == study.study_uid for e in transferred)
 
     def test_metadata_urls_stay_behind_the_link(
         self, live_broker: LiveBroker, stack: Stack
@@ -271,9 +292,14 @@ class TestRedeem:
             ).status_code
             == 200
         )
-        decisions = [e for e in live_broker.audit.events if e.action == "redeem"]
-        assert len(decisions) == before + 2  # the redeem decision and the redemption record
-        assert decisions[-2].kind.value == "decision" and decisions[-2].outcome.value == "allow"
+        events = [e for e in live_broker.audit.events if e.action == "redeem"][before:]
+        # the redeem decision and the window it opens (its grant), made durable together
+        assert [e.kind.value for e in events][:2] == ["decision", "link.granted"]
+        assert events[0].outcome.value == "allow"
+        assert events[1].decision_id == events[0].decision_id
+        (record,) = transfer_records(live_broker.audit, link["link_id"])
+        assert record.detail["requests"] == 1 and record.detail["bytes"] > 0
+        assert record.detail["grant_event"] == events[1].id
 
 
 class TestDpopBinding:

@@ -54,6 +54,7 @@ class TestRules:
             "alert": False,
             "break_glass": False,
             "bearer_only_redeem": False,
+            "redeem_window_seconds": 0,
         }
         assert result["decision_id"]
         assert broker.audit.events[-1].decision_id == result["decision_id"]

@@ -31,6 +31,8 @@ from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
 from broker.links.token import LinkCodec
+from broker.links.transfers import TransferLog
+from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import Decision, Reason
 from broker.policy import PolicyEnforcer
@@ -263,6 +265,8 @@ def fake_broker() -> FakeBroker:
         metrics=metrics,
         dpop=DpopVerifier(),
         consents=ConsentStore(),
+        windows=DecisionWindows(),
+        transfers=TransferLog(audit),
     )
     app = create_app(settings, audit=audit)
     app.state.telerad = state

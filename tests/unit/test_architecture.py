@@ -116,12 +116,27 @@ def test_no_pacs_access_or_link_without_a_decision() -> None:
             continue
         source = path.read_text()
         lines = source.splitlines()
-        for function in ast.walk(ast.parse(source)):
+        tree = ast.parse(source)
+        # Functions of this module that ask the policy: calling one of them counts as asking
+        # (redemption asks through the helper that opens a decision window).
+        deciders = {
+            f.name
+            for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            and "authorize"
+            in {c.func.attr for c in _attribute_calls(f) if isinstance(c.func, ast.Attribute)}
+        }
+        for function in ast.walk(tree):
             if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             calls = _attribute_calls(function)
             names = {c.func.attr for c in calls if isinstance(c.func, ast.Attribute)}
-            if "authorize" in names:
+            called = {
+                n.func.id
+                for n in ast.walk(function)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            }
+            if "authorize" in names or called & deciders:
                 continue
             for call in calls:
                 assert isinstance(call.func, ast.Attribute)

@@ -708,3 +708,94 @@ def test_file_exporter_close_is_idempotent(tmp_path: Path) -> None:
     exporter.close()
     exporter.close()
     assert (tmp_path / "audit.log").read_text() == "<AuditMessage/>\n"
+
+
+TRANSFER_DETAIL = {
+    "grant_event": "grant-1",
+    "series_uid": "1.2.3.4",
+    "instances": [
+        {"sop_instance_uid": "1.2.3.4.1", "frames": [1, 2]},
+        {"sop_instance_uid": "1.2.3.4.2", "frames": []},
+    ],
+    "requests": 3,
+    "failed": 0,
+    "bytes": 1234,
+    "first": "2024-05-01T12:30:10+00:00",
+    "last": "2024-05-01T12:30:15.250000+00:00",
+}
+
+
+def transfer() -> dict[str, Any]:
+    return access(
+        EventKind.LINK_TRANSFERRED,
+        Outcome.SUCCESS,
+        operations=["view"],
+        link_id="L1",
+        detail=TRANSFER_DETAIL,
+    )
+
+
+def test_fhir_transfer_is_one_balp_read_over_its_period() -> None:
+    resource = to_fhir_audit_event(transfer())
+    assert (resource["type"]["code"], resource["subtype"][0]["code"], resource["action"]) == (
+        "rest",
+        "read",
+        "R",
+    )
+    assert resource["period"] == {
+        "start": "2024-05-01T12:30:10Z",
+        "end": "2024-05-01T12:30:15.250000Z",
+    }
+    assert resource["purposeOfEvent"][0]["coding"][0]["code"] == "TREAT"
+    study, record = resource["entity"]
+    assert study["what"]["identifier"]["value"] == f"urn:oid:{STUDY}"
+    detail = {d["type"]: d["valueString"] for d in record["detail"]}
+    assert json.loads(detail["detail"])["instances"][0] == {
+        "sop_instance_uid": "1.2.3.4.1",
+        "frames": [1, 2],
+    }
+    assert detail["link_id"] == "L1"
+
+
+def test_dicom_transfer_is_instances_transferred_from_the_broker_to_the_user() -> None:
+    root = parse(to_dicom_audit_message(transfer()))
+    identification = root.find("EventIdentification")
+    assert identification is not None
+    event_id = identification.find("EventID")
+    assert event_id is not None and event_id.attrib["csd-code"] == "110104"
+    assert identification.attrib["EventActionCode"] == "R"
+    roles = {
+        p.attrib["UserID"]: [r.attrib["csd-code"] for r in p.findall("RoleIDCode")]
+        for p in root.findall("ActiveParticipant")
+    }
+    assert roles[SUBJECT][0] == "110152"  # destination
+    assert roles["telerad-broker"] == ["110153"]  # source
+    study = root.find("ParticipantObjectIdentification")
+    assert study is not None and study.attrib["ParticipantObjectID"] == STUDY
+
+
+def test_transfer_without_its_period_is_refused() -> None:
+    broken = transfer()
+    broken["detail"] = {k: v for k, v in TRANSFER_DETAIL.items() if k != "first"}
+    with pytest.raises(ValueError, match="time"):
+        to_fhir_audit_event(broken)
+
+
+@pytest.mark.parametrize(
+    ("data", "type_code"),
+    [
+        (access(EventKind.LINK_GRANTED, Outcome.ALLOW, link_id="L1"), "110132"),
+        (access(EventKind.ASSIGNMENT_CHANGED, Outcome.SUCCESS), "110135"),
+        (event(EventKind.POLICY_REVISED, Outcome.SUCCESS, policy_revision="b@2"), "110129"),
+    ],
+)
+def test_dicom_window_and_control_events_are_security_alerts(
+    data: dict[str, Any], type_code: str
+) -> None:
+    root = parse(to_dicom_audit_message(data))
+    identification = root.find("EventIdentification")
+    assert identification is not None
+    event_id = identification.find("EventID")
+    assert event_id is not None and event_id.attrib["csd-code"] == "110113"
+    codes = [t.attrib["csd-code"] for t in identification.findall("EventTypeCode")]
+    assert codes == [type_code]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from broker.config import PacsSettings
 from broker.dicomweb.proxy import (
@@ -558,3 +559,69 @@ async def test_rewrite_covers_a_default_port_root() -> None:
     )
     out = json.loads(proxy.rewrite(body.encode(), LINK))
     assert out == {"a": f"{LINK}/studies/1", "b": f"{LINK}/x"}
+
+
+# --- the relay: bytes as the PACS has them, small answers in one write --------------------
+
+FRAME = f"{INSTANCE}/frames/1"
+
+
+async def relay(pacs: Pacs, path: str = FRAME) -> tuple[Response, bytes, list[tuple[int, bool]]]:
+    reports: list[tuple[int, bool]] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(pacs)) as http:
+        proxy = DicomwebProxy(PacsSettings(url=PACS), http)
+        response = await proxy.forward(
+            parse_path(path, STUDY), [], {}, LINK, on_done=lambda n, ok: reports.append((n, ok))
+        )
+        if isinstance(response, StreamingResponse):
+            body = b"".join(
+                [
+                    c.encode() if isinstance(c, str) else bytes(c)
+                    async for c in response.body_iterator
+                ]
+            )
+            if response.background is not None:
+                await response.background()
+        else:
+            body = bytes(response.body)
+    return response, body, reports
+
+
+async def test_the_pacs_is_asked_for_its_bytes_unencoded() -> None:
+    pacs = Pacs(httpx.Response(200, content=b"x" * 10))
+    await relay(pacs)
+    assert pacs.requests[-1].headers["accept-encoding"] == "identity"
+
+
+async def test_a_frame_is_read_whole_and_sent_in_one_write() -> None:
+    frame = bytes(range(256)) * 512
+    pacs = Pacs(
+        httpx.Response(200, content=frame, headers={"content-type": "application/octet-stream"})
+    )
+    response, body, reports = await relay(pacs)
+    assert not isinstance(response, StreamingResponse)
+    assert body == frame and response.headers["content-length"] == str(len(frame))
+    assert reports == [(len(frame), True)]
+
+
+async def test_an_answer_without_a_length_is_streamed_and_reported_at_its_end() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"y" * 1000
+
+    pacs = Pacs(httpx.Response(200, content=chunks()))
+    response, body, reports = await relay(pacs, f"studies/{STUDY}")
+    assert isinstance(response, StreamingResponse)
+    assert body == b"y" * 3000
+    assert reports == [(3000, True)]
+
+
+async def test_a_json_answer_is_reported_with_its_rewritten_size() -> None:
+    metadata = json.dumps([{"00081190": {"vr": "UR", "Value": [f"{PACS}/studies/{STUDY}"]}}])
+    pacs = Pacs(
+        httpx.Response(
+            200, content=metadata.encode(), headers={"content-type": "application/dicom+json"}
+        )
+    )
+    _, body, reports = await relay(pacs, f"studies/{STUDY}/metadata")
+    assert reports == [(len(body), True)]

@@ -58,7 +58,10 @@ _deny_reasons contains _reason("default_deny", "no grant applies to this request
 # title: obligations
 # description: >-
 #   What the broker must enforce for an allowed request: link_ttl_seconds,
-#   granted operations, alert, break_glass and bearer_only_redeem. When denied,
+#   granted operations, alert, break_glass, bearer_only_redeem and
+#   redeem_window_seconds (for how long an allowed redeem may be reused by the
+#   same holder of the same link; the broker caps it at 60 s and at the link's
+#   expiry; 0 for every other action). When denied,
 #   everything is zero/false/empty; step_up {acr, max_age} is added only when
 #   step-up authentication is the only thing standing between the caller and an allow.
 # scope: document
@@ -68,6 +71,7 @@ default obligations := {
 	"alert": false,
 	"break_glass": false,
 	"bearer_only_redeem": false,
+	"redeem_window_seconds": 0,
 }
 
 obligations := {
@@ -76,6 +80,7 @@ obligations := {
 	"alert": _break_glass,
 	"break_glass": _break_glass,
 	"bearer_only_redeem": _bearer_only_redeem,
+	"redeem_window_seconds": _redeem_window,
 } if {
 	allow
 }
@@ -86,6 +91,7 @@ obligations := {
 	"alert": false,
 	"break_glass": false,
 	"bearer_only_redeem": false,
+	"redeem_window_seconds": 0,
 	"step_up": _step_up,
 } if {
 	_step_up_only

@@ -152,6 +152,7 @@ no_obligations := {
 	"alert": false,
 	"break_glass": false,
 	"bearer_only_redeem": false,
+	"redeem_window_seconds": 0,
 }
 
 denied(reasons) := {"allow": false, "reasons": reasons, "obligations": {
@@ -160,6 +161,7 @@ denied(reasons) := {"allow": false, "reasons": reasons, "obligations": {
 	"alert": false,
 	"break_glass": false,
 	"bearer_only_redeem": false,
+	"redeem_window_seconds": 0,
 }}
 
 step_up_denied(acr, max_age) := {
@@ -174,6 +176,7 @@ step_up_denied(acr, max_age) := {
 		"alert": false,
 		"break_glass": false,
 		"bearer_only_redeem": false,
+		"redeem_window_seconds": 0,
 		"step_up": {"acr": acr, "max_age": max_age},
 	},
 }
@@ -185,4 +188,15 @@ granted(ttl, operations, bearer) := {
 	"alert": false,
 	"break_glass": false,
 	"bearer_only_redeem": bearer,
+	"redeem_window_seconds": 0,
+}
+
+# obligations of an allowed redeem (the decision window of the data's settings)
+redeemed(ttl, operations, window) := {
+	"link_ttl_seconds": ttl,
+	"operations": operations,
+	"alert": false,
+	"break_glass": false,
+	"bearer_only_redeem": false,
+	"redeem_window_seconds": window,
 }

@@ -116,3 +116,15 @@ _bearer_only_redeem if {
 	not _sensitive
 	not _break_glass
 }
+
+# redeem_window_seconds: an allowed redeem may be reused for this long by the
+# same holder of the same link (data.telerad.settings.redeem_window_seconds,
+# 30 when not set). Only a non-negative number counts; anything else is 0.
+default _redeem_window := 0
+
+_redeem_window := seconds if {
+	_input.action == "redeem"
+	seconds := object.get(data.telerad.settings, "redeem_window_seconds", 30)
+	is_number(seconds)
+	seconds >= 0
+}

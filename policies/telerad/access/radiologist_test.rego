@@ -47,7 +47,63 @@ test_radiologist_redeem_is_reevaluated_and_allowed if {
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
-	d.obligations == granted(600, ["download", "view"], false)
+	d.obligations == redeemed(600, ["download", "view"], 30)
+}
+
+test_redeem_window_comes_from_the_settings if {
+	req := json.patch(radiologist_input, [put("/action", "redeem")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": 12})
+	d.obligations == redeemed(600, ["view"], 12)
+}
+
+test_redeem_window_zero_turns_reuse_off if {
+	req := json.patch(radiologist_input, [put("/action", "redeem")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": 0})
+	d.obligations == redeemed(600, ["view"], 0)
+}
+
+test_redeem_window_not_a_number_is_no_window if {
+	req := json.patch(radiologist_input, [put("/action", "redeem")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": "30"})
+	d.obligations == redeemed(600, ["view"], 0)
+}
+
+test_issue_link_has_no_redeem_window if {
+	d := access.decision with input as radiologist_input
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": 12})
+	d.allow == true
+	d.obligations.redeem_window_seconds == 0
+}
+
+test_denied_redeem_has_no_redeem_window if {
+	req := json.patch(radiologist_input, [put("/action", "redeem"), put("/subject/id", "npi:9999999999")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.assignments as assignments
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d.allow == false
+	d.obligations == no_obligations
 }
 
 test_radiologist_search_is_view_only if {

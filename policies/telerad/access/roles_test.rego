@@ -38,7 +38,7 @@ test_referring_physician_sensitive_study_needs_mfa_and_short_ttl if {
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
-	d.obligations == granted(300, ["view"], false)
+	d.obligations == redeemed(300, ["view"], 30)
 }
 
 test_referring_physician_other_patient_denied if {

@@ -52,8 +52,9 @@ class Containment:
         return AuditEvent(
             kind=EventKind.REVOKED,
             outcome=Outcome.SUCCESS,
+            # no study_uid: keyed by the subject, the containment and its lift share a partition
+            # of the control topic, so every replica applies them in the order they were made
             subject=subject,
-            study_uid=alert.study_uid,
             reasons=[f"containment:{alert.rule}"],
             detail={
                 "revocation": {
@@ -64,6 +65,7 @@ class Containment:
                 "containment": {
                     "rule": alert.rule,
                     "alert_id": alert.id,
+                    "study_uid": alert.study_uid,
                     "evidence": [alert.event_id],
                     "message": alert.message,
                     "detail": alert.detail,

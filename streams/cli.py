@@ -46,7 +46,7 @@ def _progress(runner: Any, every: float = 10.0) -> threading.Thread:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    from broker.audit.kafka import make_producer
+    from broker.audit.kafka import make_producer, security_config
     from streams.ledger import LedgerConsumer, load_private_key
     from streams.ledger_store import LedgerStore, SignedTreeHead
     from streams.runner import ConsumerRunner
@@ -55,7 +55,7 @@ def _ledger(args: argparse.Namespace) -> int:
     cfg = settings.streams
     cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     key = load_private_key(cfg.ledger_key_path, create=args.create_key)
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
 
     def publish(head: SignedTreeHead) -> None:
         producer.send(cfg.heads_topic, key=b"head", value=head.to_json().encode()).get(timeout=10)
@@ -75,6 +75,7 @@ def _ledger(args: argparse.Namespace) -> int:
             group_id=args.group,
             handler=ledger.handle,
             dead_letter_topic=cfg.dead_letter_topic,
+            client_config=security_config(settings.kafka),
         )
         runner.install_signal_handlers()
         _progress(runner)
@@ -97,12 +98,12 @@ def _ledger(args: argparse.Namespace) -> int:
 
 
 def _alerts(args: argparse.Namespace) -> int:
-    from broker.audit.kafka import make_producer
+    from broker.audit.kafka import make_producer, security_config
     from streams.alerts import Alert, AlertDetector
     from streams.runner import ConsumerRunner
 
     settings = _settings()
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
     detector = AlertDetector()
 
     def publish(alert: Alert) -> None:
@@ -129,6 +130,7 @@ def _alerts(args: argparse.Namespace) -> int:
         group_id=args.group,
         handler=handle,
         dead_letter_topic=settings.streams.dead_letter_topic,
+        client_config=security_config(settings.kafka),
     )
     runner.install_signal_handlers()
     _progress(runner)
@@ -180,9 +182,11 @@ def _read_topic(settings: Settings) -> list[tuple[int, Any]]:
     from kafka import TopicPartition
 
     from broker.audit.cloudevents import PoisonRecord, from_record
-    from broker.audit.kafka import make_consumer
+    from broker.audit.kafka import make_consumer, security_config
 
-    consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+    consumer = make_consumer(
+        settings.kafka.bootstrap_servers, group_id=None, **security_config(settings.kafka)
+    )
     try:
         topic = settings.kafka.audit_topic
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]

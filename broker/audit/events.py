@@ -67,5 +67,14 @@ class AuditEvent(BaseModel):
 
     @property
     def partition_key(self) -> str:
-        """Events of one study stay in order; others are keyed by subject."""
+        """Events of one study stay in order; others are keyed by subject.
+
+        A ``revoked`` event is keyed by what it revokes: the control topic is compacted (the
+        newest record per key survives), and keyed by study or subject a later revocation would
+        compact away an earlier one still in force. A ``consent.changed`` keeps the study: the
+        newest consent for a study is the one in force.
+        """
+        revocation = self.detail.get("revocation") if self.kind is EventKind.REVOKED else None
+        if isinstance(revocation, dict) and revocation.get("kind") and revocation.get("value"):
+            return f"revoked:{revocation['kind']}:{revocation['value']}"
         return self.study_uid or self.subject or self.id

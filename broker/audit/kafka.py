@@ -16,7 +16,7 @@ import logging
 import queue
 import socket
 import threading
-import uuid
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -254,12 +254,18 @@ def _settle_on_ack(
 
 class RevocationListener:
     """Applies the control topic's events (``revoked``, ``consent.changed``) from every replica
-    to this one (a thread, its own group, from the earliest retained record).
+    to this one (a thread reading every partition from the earliest retained record).
 
-    :attr:`caught_up` turns true once the listener has read every partition up to the end offset
-    it saw when its partitions were first assigned: until then the replica is not ready, so its
-    first request already refuses a link revoked before it started.
+    No consumer group: every replica reads everything and commits nothing, so the partitions are
+    assigned by hand (a group would only add rebalances, during which nothing is applied). New
+    partitions are picked up within ``_PARTITIONS_EVERY_SECONDS`` (a missing topic is looked for
+    every second: nothing to wait for until it exists). :attr:`caught_up` turns true
+    once the listener has read every partition up to the end offset it saw when it was first
+    assigned them: until then the replica is not ready, so its first request already refuses a
+    link revoked before it started.
     """
+
+    _PARTITIONS_EVERY_SECONDS = 10.0
 
     def __init__(
         self,
@@ -289,18 +295,34 @@ class RevocationListener:
         from broker.audit.cloudevents import PoisonRecord, from_record
 
         consumer = None
+        checked = 0.0
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    # A group of its own, from the earliest retained record: a new replica
-                    # learns every revocation still in force.
+                    # From the earliest retained record: a new replica learns every consent and
+                    # revocation still in force.
                     consumer = make_consumer(
                         self._bootstrap,
-                        self._topic,
-                        group_id=f"telerad-revocations-{self._instance}-{uuid.uuid4().hex[:8]}",
+                        group_id=None,
                         client_id=f"telerad-revocations-{self._instance}",
                         **self._client_config,
                     )
+                    checked = 0.0
+                assigned = bool(consumer.assignment())
+                every = self._PARTITIONS_EVERY_SECONDS if assigned else 1.0
+                if time.monotonic() - checked > every:
+                    checked = time.monotonic()
+                    assigned = self._assign(consumer)
+                if not assigned:
+                    # No such topic (yet): nothing to learn, so nothing to wait for; its
+                    # partitions are assigned, from their beginning, once it exists.
+                    if not self.caught_up.is_set():
+                        self._confirm_missing()  # not merely hidden from us: that is no "ready"
+                        log.info("control topic %s does not exist yet", self._topic)
+                        self._ends = {}
+                        self.caught_up.set()
+                    self._stop.wait(0.5)
+                    continue
                 for records in consumer.poll(timeout_ms=250).values():
                     for record in records:
                         try:
@@ -318,6 +340,29 @@ class RevocationListener:
                 self._stop.wait(1.0)
         if consumer is not None:
             consumer.close()
+
+    def _confirm_missing(self) -> None:
+        """Return only if Kafka says the topic does not exist; raise if it is not authorized."""
+        from broker.audit.kafka_admin import admin_client, describe_topic
+
+        with admin_client(self._bootstrap, **self._client_config) as admin:
+            if describe_topic(admin, self._topic) is not None:
+                raise RuntimeError(f"control topic {self._topic} appeared; assigning it")
+
+    def _assign(self, consumer: Any) -> bool:
+        """Assign every partition of the topic (new ones from their beginning); False if none."""
+        from kafka import TopicPartition
+
+        # Asking for the topic's metadata also creates it where the cluster auto-creates topics.
+        partitions = consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            return False
+        wanted = {TopicPartition(self._topic, p) for p in partitions}
+        new = wanted - set(consumer.assignment())
+        if new:
+            consumer.assign(sorted(wanted))
+            consumer.seek_to_beginning(*sorted(new))
+        return True
 
     def _check_caught_up(self, consumer: Any) -> None:
         assigned = list(consumer.assignment())

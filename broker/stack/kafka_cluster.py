@@ -64,7 +64,6 @@ def _grants() -> list[AclGrant]:
             AclGrant(principal, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE"))
             for p in _CONTROL
         ]
-        grants.append(AclGrant(principal, "group", "telerad-revocations-", ("READ",)))
     consumer = f"User:{CONSUMER}"
     grants += [AclGrant(consumer, "topic", p, ("READ", "DESCRIBE")) for p in _AUDIT + _CONTROL]
     grants += [

@@ -187,6 +187,7 @@ metadata:
     {{- include "telerad.labels" (list $ctx $component) | nindent 4 }}
   annotations:
     checksum/env: {{ include "telerad.checksum" (list $ctx "configmap-env.yaml") }}
+    checksum/kafka-refs: {{ toJson (list $ctx.Values.secrets.kafkaCa $ctx.Values.secrets.kafkaConsumers) | sha256sum }}
     {{- with .annotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from broker import __version__
 from broker.api import router as api_router
 from broker.audit import AuditEvent, AuditSink, AuditUnavailable, EventKind, LogSink, Outcome
-from broker.audit.kafka import KafkaAuditSink, RevocationListener
+from broker.audit.kafka import KafkaAuditSink, RevocationListener, security_config
 from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
@@ -98,12 +98,18 @@ _CONTROL = frozenset(
 def _audit_sink(settings: Settings) -> AuditSink:
     if settings.audit_sink == "kafka":
         kafka = settings.kafka
+        if kafka.security_protocol == "PLAINTEXT" and settings.environment == "production":
+            raise ValueError(
+                "TELERAD_KAFKA__SECURITY_PROTOCOL=PLAINTEXT is not allowed in production: "
+                "anyone on the network could read the audit trail or forge control events"
+            )
         return KafkaAuditSink(
             kafka.bootstrap_servers,
             kafka.audit_topic,
             source=f"/telerad-broker/{settings.instance_id}",
             ack_timeout_seconds=kafka.ack_timeout_seconds,
             extra_topics=lambda e: [kafka.revocation_topic] if e.kind in _CONTROL else [],
+            client_config=security_config(kafka),
         )
     if settings.environment == "production":
         raise ValueError("TELERAD_AUDIT_SINK=log is not durable and not allowed in production")
@@ -181,6 +187,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             settings.kafka.revocation_topic,
             apply_control,
             instance=settings.instance_id,
+            client_config=security_config(settings.kafka),
         )
         if isinstance(audit_sink, KafkaAuditSink)
         else None
@@ -201,7 +208,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     settings=settings,
                     http=http,
                     opa=opa,
-                    readiness=ReadinessChecker(settings, http, opa, bearer),
+                    readiness=ReadinessChecker(settings, http, opa, bearer, listener),
                     bearer=bearer,
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
                     audit=audit_sink,

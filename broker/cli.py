@@ -3,6 +3,9 @@
 telerad serve                      run the broker (settings from TELERAD_* variables)
 telerad stack provision            fetch/build the dev stack's parts into the cache
 telerad stack up [--with-broker]   run the dev stack (and the broker) until Ctrl-C
+                 [--kafka-nodes 3] with a three-node KRaft cluster
+telerad kafka topics [--dry-run]   print the topics plan (partitions, replication, retention),
+                                   then apply it
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 __all__ = ["main"]
 
@@ -74,7 +78,7 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     parts = tuple(p for p in args.parts.split(",") if p) if args.parts else PARTS
     run_dir = Path(args.run_dir).resolve() if args.run_dir else None
-    stack = Stack.start(parts, run_dir)
+    stack = Stack.start(parts, run_dir, kafka_nodes=args.kafka_nodes)
     broker: ManagedProcess | None = None
     try:
         env = stack.broker_env()
@@ -116,6 +120,47 @@ def _up(args: argparse.Namespace) -> int:
         progress("stopped")
 
 
+def _kafka_topics(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from broker.audit.kafka import security_config
+    from broker.config import Settings, check_environment
+
+    try:
+        check_environment()
+        settings = Settings()
+        security = security_config(settings.kafka)
+    except (ValueError, ValidationError) as exc:
+        print(f"telerad: configuration error: {_config_message(exc)}", file=sys.stderr)
+        return 2
+    try:
+        return _plan_and_apply(settings, security, dry_run=args.dry_run)
+    except Exception as exc:  # noqa: BLE001 - Kafka's refusal, reported by name, exit 1
+        print(f"telerad: kafka: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _plan_and_apply(settings: Any, security: dict[str, Any], *, dry_run: bool) -> int:
+    from broker.audit.kafka_admin import admin_client
+    from broker.audit.topics import apply, plan
+
+    with admin_client(settings.kafka.bootstrap_servers, **security) as admin:
+        changes = plan(admin, settings)
+        print("plan:")
+        for change in changes:
+            print(f"  {change.line()}")
+        if dry_run:
+            return 0
+        pending = [c for c in changes if c.action in ("create", "alter")]
+        if pending:
+            apply(admin, pending)
+            print(f"applied: {', '.join(c.spec.name for c in pending)}")
+        remaining = [c for c in plan(admin, settings) if c.action != "none"]
+    for change in remaining:
+        print(f"not as planned: {change.line()}", file=sys.stderr)
+    return 1 if remaining else 0
+
+
 def _ready(url: str) -> bool:
     import httpx
 
@@ -148,12 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     up = stack_sub.add_parser("up", help="start the stack (and optionally the broker) until Ctrl-C")
     up.add_argument("--parts", help="comma-separated parts (default: kafka,opa,keycloak,orthanc)")
     up.add_argument("--with-broker", action="store_true", help="also start the broker against it")
+    up.add_argument(
+        "--kafka-nodes",
+        type=int,
+        choices=(1, 3),
+        help="Kafka nodes: 1, or a 3-voter KRaft cluster (default: TELERAD_STACK_KAFKA_NODES or 1)",
+    )
     up.add_argument("--port", type=int, help="the broker's port (default: a free one)")
     up.add_argument("--env-file", help="write the broker's TELERAD_* environment to this file")
     up.add_argument(
         "--run-dir", help="directory for the parts' data and logs (default: a temp dir)"
     )
     up.set_defaults(func=_up)
+
+    kafka = sub.add_parser("kafka", help="the Kafka topics the broker and its consumers use")
+    kafka_sub = kafka.add_subparsers(dest="kafka_command", required=True)
+    topics = kafka_sub.add_parser(
+        "topics",
+        help="print the plan (partitions, replication, min.insync.replicas, retention), apply it",
+    )
+    topics.add_argument("--dry-run", action="store_true", help="print the plan only")
+    topics.set_defaults(func=_kafka_topics)
 
     from streams.cli import add_audit_commands, add_integrity_commands
 

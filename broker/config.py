@@ -14,7 +14,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -120,12 +128,45 @@ class OpaSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    """The Kafka cluster that carries the audit stream."""
+    """The Kafka cluster that carries the audit stream, and how every client authenticates to it.
+
+    ``SASL_SSL`` (the default) is TLS with a SCRAM user (a Strimzi ``KafkaUser`` with
+    ``authentication: scram-sha-512``); ``SSL`` with ``ssl_cert_file``/``ssl_key_file`` is mutual
+    TLS; ``PLAINTEXT`` is for a loopback dev cluster only and refused in production. The server's
+    certificate is always verified against ``ssl_ca_file`` (or the system's trust store), host
+    name included. Secrets may be given inline (``SecretStr``) or as mounted files.
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     audit_topic: str = "telerad.audit.v1"
-    revocation_topic: str = "telerad.revocations.v1"  # revoked events, read by every replica
+    # The control topic: revoked and consent.changed events, applied by every replica.
+    revocation_topic: str = "telerad.revocations.v1"
     ack_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # then the request is 503
+    security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = "SASL_SSL"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # a mounted secret (Strimzi: the KafkaUser's password)
+    ssl_ca_file: Path | None = None  # PEM bundle of the cluster's CA; None: the system's store
+    ssl_cert_file: Path | None = None  # client certificate chain, PEM (mutual TLS)
+    ssl_key_file: Path | None = None  # its private key, PEM
+    ssl_key_password: SecretStr | None = None  # when the key file is encrypted
+    # Topics (``telerad kafka topics``) and the floor production readiness holds the audit
+    # topic to: fewer replicas than this, and acks=all promises less than it says.
+    replication_factor: Annotated[int, Field(ge=1)] = 3
+    min_insync_replicas: Annotated[int, Field(ge=1)] = 2
+    partitions: Annotated[int, Field(ge=1)] = 6
+    audit_retention_days: Annotated[int, Field(ge=-1)] = 2557  # ~7 years; -1 keeps for ever
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas cannot exceed replication_factor")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together (mutual TLS)")
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("give sasl_password or sasl_password_file, not both")
+        return self
 
 
 class PacsSettings(_Section):

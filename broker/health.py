@@ -11,7 +11,7 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel
 
-from broker.audit.kafka import cluster_brokers
+from broker.audit.kafka import RevocationListener, cluster_brokers, security_config
 from broker.config import Settings
 from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
@@ -45,10 +45,20 @@ class Readiness(BaseModel):
 
 
 class ReadinessChecker:
-    """Checks OPA, Kafka, each trusted IdP and the PACS; any failure makes the broker unready."""
+    """Checks OPA, Kafka, each trusted IdP and the PACS; any failure makes the broker unready.
+
+    With the Kafka sink, also that the control topic was read up to its end offsets seen at
+    start; in production, that the audit topic is replicated at least as the floor asks
+    (``replication_factor`` and ``min_insync_replicas``), naming the gap when it is not.
+    """
 
     def __init__(
-        self, settings: Settings, http: httpx.AsyncClient, opa: OpaGateway, bearer: BearerValidator
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        opa: OpaGateway,
+        bearer: BearerValidator,
+        control: RevocationListener | None = None,
     ) -> None:
         self._settings = settings
         self._http = http
@@ -59,6 +69,9 @@ class ReadinessChecker:
             "kafka": self._check_kafka,
             "pacs": self._check_pacs,
         }
+        self._control = control
+        if control is not None:
+            self._checks["control-topic"] = self._check_control
         for issuer in settings.issuers:
             url = str(issuer.issuer).rstrip("/")
             self._checks[f"idp:{url}"] = self._issuer_check(url)
@@ -85,8 +98,35 @@ class ReadinessChecker:
     async def _check_kafka(self) -> str:
         bootstrap = self._settings.kafka.bootstrap_servers
         timeout_ms = int(self._settings.readiness_timeout_seconds * 1000)
-        brokers = await asyncio.to_thread(cluster_brokers, bootstrap, timeout_ms)
-        return f"{brokers} broker(s) reachable"
+        security = security_config(self._settings.kafka)
+        brokers = await asyncio.to_thread(cluster_brokers, bootstrap, timeout_ms, **security)
+        if self._settings.environment != "production":
+            return f"{brokers} broker(s) reachable"
+        gaps = await asyncio.to_thread(self._audit_topic_gaps, bootstrap, timeout_ms, security)
+        if gaps:
+            raise RuntimeError("; ".join(gaps))
+        kafka = self._settings.kafka
+        return (
+            f"{brokers} broker(s) reachable; audit topic at or above replication factor "
+            f"{kafka.replication_factor}, min.insync.replicas {kafka.min_insync_replicas}"
+        )
+
+    def _audit_topic_gaps(
+        self, bootstrap: str, timeout_ms: int, security: dict[str, object]
+    ) -> list[str]:
+        from broker.audit.kafka_admin import admin_client
+        from broker.audit.topics import audit_topic_gaps
+
+        with admin_client(bootstrap, timeout_ms=timeout_ms, **security) as admin:
+            return audit_topic_gaps(admin, self._settings)
+
+    async def _check_control(self) -> str:
+        if self._control is None:
+            raise RuntimeError("no control-topic listener")
+        # wait a little within the check's deadline (a replica just started is close to it)
+        wait = self._settings.readiness_timeout_seconds * 0.8
+        await asyncio.to_thread(self._control.caught_up.wait, wait)
+        return self._control.progress()
 
     async def _check_pacs(self) -> str:
         pacs = self._settings.pacs

@@ -47,7 +47,7 @@ def _progress(runner: Any, every: float = 10.0) -> threading.Thread:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    from broker.audit.kafka import make_producer
+    from broker.audit.kafka import make_producer, security_config
     from streams.ledger import LedgerConsumer, load_private_key
     from streams.ledger_store import LedgerGoneError, LedgerStore, SignedTreeHead
     from streams.runner import ConsumerRunner
@@ -59,7 +59,7 @@ def _ledger(args: argparse.Namespace) -> int:
     cfg = settings.streams
     cfg.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     key = load_private_key(cfg.ledger_key_path, create=args.create_key)
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
 
     def publish(head: SignedTreeHead) -> None:
         producer.send(cfg.heads_topic, key=b"head", value=head.to_json().encode()).get(timeout=10)
@@ -84,6 +84,7 @@ def _ledger(args: argparse.Namespace) -> int:
             handler=ledger.handle,
             dead_letter_topic=cfg.dead_letter_topic,
             with_origin=True,
+            client_config=security_config(settings.kafka),
         )
         runner.install_signal_handlers()
         _progress(runner)
@@ -118,14 +119,14 @@ def _ledger(args: argparse.Namespace) -> int:
 def _alerts(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from broker.audit.kafka import make_producer
+    from broker.audit.kafka import make_producer, security_config
     from streams.alerts import Alert, AlertDetector, AlertRules
     from streams.containment import Containment
     from streams.runner import ConsumerRunner
 
     settings = _settings()
     cfg = settings.streams
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
     detector = AlertDetector(
         AlertRules(
             bulk_studies=cfg.alerts_bulk_studies, bulk_window_seconds=cfg.alerts_bulk_window_seconds
@@ -172,6 +173,7 @@ def _alerts(args: argparse.Namespace) -> int:
         group_id=args.group,
         handler=handle,
         dead_letter_topic=settings.streams.dead_letter_topic,
+        client_config=security_config(settings.kafka),
     )
     runner.install_signal_handlers()
     _progress(runner)
@@ -197,7 +199,7 @@ def _publish_control(settings: Settings, producer: Any, event: Any, *, source: s
 def _lift(args: argparse.Namespace) -> int:
     import getpass
 
-    from broker.audit.kafka import make_producer
+    from broker.audit.kafka import make_producer, security_config
     from streams.containment import lift_event
 
     settings = _settings()
@@ -207,7 +209,7 @@ def _lift(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
     try:
         event = lift_event(args.subject, args.reason.strip(), f"operator:{getpass.getuser()}")
         _publish_control(settings, producer, event, source="/telerad-broker/operator")
@@ -268,11 +270,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _published_heads(settings: Settings) -> list[Any]:
     """Every signed head on the heads topic (unreadable records are findings elsewhere)."""
-    from broker.audit.kafka import make_consumer
+    from broker.audit.kafka import make_consumer, security_config
     from streams.ledger_store import SignedTreeHead
     from streams.recovery import read_topic_values
 
-    consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+    consumer = make_consumer(
+        settings.kafka.bootstrap_servers, group_id=None, **security_config(settings.kafka)
+    )
     heads: list[Any] = []
     try:
         for value in read_topic_values(consumer, settings.streams.heads_topic):
@@ -286,11 +290,13 @@ def _published_heads(settings: Settings) -> list[Any]:
 
 
 def _segments(settings: Settings) -> list[Any]:
-    from broker.audit.kafka import make_consumer
+    from broker.audit.kafka import make_consumer, security_config
     from streams.recovery import read_topic_values
     from streams.segments import Segment
 
-    consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+    consumer = make_consumer(
+        settings.kafka.bootstrap_servers, group_id=None, **security_config(settings.kafka)
+    )
     try:
         return [
             Segment.from_json(v)
@@ -302,7 +308,7 @@ def _segments(settings: Settings) -> list[Any]:
 
 def _recovery(args: argparse.Namespace) -> int:
     """``telerad audit ledger rebuild|backup|restore``."""
-    from broker.audit.kafka import make_consumer
+    from broker.audit.kafka import make_consumer, security_config
     from streams.ledger import load_public_key
     from streams.ledger_store import LedgerStore
     from streams.recovery import backup, kafka_fetch, rebuild, restore
@@ -326,7 +332,9 @@ def _recovery(args: argparse.Namespace) -> int:
     else:
         heads = _published_heads(settings)
         segments = _segments(settings)
-        consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+        consumer = make_consumer(
+            settings.kafka.bootstrap_servers, group_id=None, **security_config(settings.kafka)
+        )
         try:
             fetch = kafka_fetch(consumer)
             if args.operation == "rebuild":
@@ -378,9 +386,11 @@ def _read_topic(settings: Settings) -> list[tuple[int, Any]]:
     from kafka import TopicPartition
 
     from broker.audit.cloudevents import PoisonRecord, from_record
-    from broker.audit.kafka import make_consumer
+    from broker.audit.kafka import make_consumer, security_config
 
-    consumer = make_consumer(settings.kafka.bootstrap_servers, group_id=None)
+    consumer = make_consumer(
+        settings.kafka.bootstrap_servers, group_id=None, **security_config(settings.kafka)
+    )
     try:
         topic = settings.kafka.audit_topic
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
@@ -474,11 +484,11 @@ def _feed(settings: Settings) -> Any:
 
 def _integrity_watch(args: argparse.Namespace) -> int:
     from broker.audit.cloudevents import to_record
-    from broker.audit.kafka import make_producer
+    from broker.audit.kafka import make_producer, security_config
     from streams.integrity import Cursor, watch
 
     settings = _settings()
-    producer = make_producer(settings.kafka.bootstrap_servers)
+    producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
     stopping = threading.Event()
     import signal
 

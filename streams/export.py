@@ -95,6 +95,7 @@ class Exporter:
 
 def run_export(settings: Settings, args: argparse.Namespace) -> int:
     """``telerad audit export``."""
+    from broker.audit.kafka import security_config
     from streams.runner import ConsumerRunner
 
     sender = None
@@ -112,6 +113,7 @@ def run_export(settings: Settings, args: argparse.Namespace) -> int:
             else f"telerad-export-{args.format}",
             handler=exporter.handle,
             dead_letter_topic=settings.streams.dead_letter_topic,
+            client_config=security_config(settings.kafka),
         )
         runner.install_signal_handlers()
         stats = runner.run(idle_exit_seconds=args.idle_exit)

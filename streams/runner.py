@@ -73,9 +73,11 @@ class ConsumerRunner:
         retry_pause_seconds: float = 1.0,
         consumer: Any = None,
         with_origin: bool = False,
+        client_config: Mapping[str, Any] | None = None,  # security_config(settings.kafka)
     ) -> None:
         self.name = name
         self._bootstrap = bootstrap
+        self._client_config = dict(client_config or {})
         self._topic = topic
         self._handler = handler
         self._dlq = dead_letter_topic
@@ -89,6 +91,7 @@ class ConsumerRunner:
             group_id=group_id,
             client_id=f"telerad-{name}",
             max_poll_records=max_records,
+            **self._client_config,
         )
         self._producer: Any = None
         self.stop_event = threading.Event()
@@ -168,7 +171,7 @@ class ConsumerRunner:
 
     def _dead_letter(self, record: Any, reason: str) -> None:
         if self._producer is None:
-            self._producer = make_producer(self._bootstrap)
+            self._producer = make_producer(self._bootstrap, **self._client_config)
         headers = [
             *(record.headers or []),
             ("dlq_reason", reason.encode()[:512]),

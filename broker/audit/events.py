@@ -72,7 +72,17 @@ class AuditEvent(BaseModel):
 
     @property
     def partition_key(self) -> str:
-        """Events of one study (or one patient's consent) stay in order; others by subject."""
+        """Events of one study (or one patient's consent) stay in order; others by subject.
+
+        A ``revoked`` event is keyed by what it revokes: the control topic is compacted (the
+        newest record per key survives), and keyed by study or subject a later revocation would
+        compact away an earlier one still in force (a containment and its lift share the key,
+        so the lift is what survives). A ``consent.changed`` keeps the study, or the patient's
+        pseudonym for a recorded Consent: the newest one is the one in force.
+        """
+        revocation = self.detail.get("revocation") if self.kind is EventKind.REVOKED else None
+        if isinstance(revocation, dict) and revocation.get("kind") and revocation.get("value"):
+            return f"revoked:{revocation['kind']}:{revocation['value']}"
         patient = self.detail.get("patient") if self.kind is EventKind.CONSENT_CHANGED else None
         return (
             self.study_uid

@@ -19,13 +19,16 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.audit.cloudevents import to_record
 from broker.audit.events import AuditEvent
 from broker.audit.sink import AuditUnavailable
+
+if TYPE_CHECKING:
+    from broker.config import KafkaSettings
 
 __all__ = [
     "KafkaAuditSink",
@@ -33,9 +36,58 @@ __all__ = [
     "cluster_brokers",
     "make_consumer",
     "make_producer",
+    "security_config",
 ]
 
 log = logging.getLogger("telerad.audit")
+
+
+def security_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """The kafka-python keyword arguments that secure a client, for every client we build.
+
+    One place, so the producer, the control-topic consumer, the readiness probe and every audit
+    consumer authenticate the same way. A secret read from a mounted file is read here, at each
+    (re)connection, so a rotated secret is picked up without a restart. Missing credentials raise
+    ``ValueError``: a client is never built weaker than configured (fail closed).
+    """
+    protocol = kafka.security_protocol
+    config: dict[str, Any] = {"security_protocol": protocol}
+    if protocol == "PLAINTEXT":
+        return config
+    # TLS: the server's certificate is verified, host name included (kafka-python's context is
+    # PROTOCOL_TLS_CLIENT, TLS 1.2 or later, CERT_REQUIRED).
+    config["ssl_check_hostname"] = True
+    if kafka.ssl_ca_file is not None:
+        config["ssl_cafile"] = str(kafka.ssl_ca_file)
+    if kafka.ssl_cert_file is not None and kafka.ssl_key_file is not None:
+        config["ssl_certfile"] = str(kafka.ssl_cert_file)
+        config["ssl_keyfile"] = str(kafka.ssl_key_file)
+        if kafka.ssl_key_password is not None:
+            config["ssl_password"] = kafka.ssl_key_password.get_secret_value()
+    if protocol == "SASL_SSL":
+        password = (
+            kafka.sasl_password.get_secret_value()
+            if kafka.sasl_password is not None
+            else kafka.sasl_password_file.read_text().strip()
+            if kafka.sasl_password_file is not None
+            else None
+        )
+        if not kafka.sasl_username or not password:
+            raise ValueError(
+                "Kafka SASL_SSL needs TELERAD_KAFKA__SASL_USERNAME and "
+                "TELERAD_KAFKA__SASL_PASSWORD (or TELERAD_KAFKA__SASL_PASSWORD_FILE)"
+            )
+        config |= {
+            "sasl_mechanism": kafka.sasl_mechanism,
+            "sasl_plain_username": kafka.sasl_username,
+            "sasl_plain_password": password,
+        }
+    elif "ssl_certfile" not in config:
+        raise ValueError(
+            "Kafka SSL without SASL is mutual TLS: it needs TELERAD_KAFKA__SSL_CERT_FILE and "
+            "TELERAD_KAFKA__SSL_KEY_FILE"
+        )
+    return config
 
 
 def make_producer(bootstrap: str, **overrides: Any) -> Any:
@@ -74,15 +126,18 @@ def make_consumer(bootstrap: str, *topics: str, **overrides: Any) -> Any:
     return KafkaConsumer(*topics, **(config | overrides))
 
 
-def cluster_brokers(bootstrap: str, timeout_ms: int) -> int:
-    """How many brokers the cluster reports (a readiness probe)."""
+def cluster_brokers(bootstrap: str, timeout_ms: int, **security: Any) -> int:
+    """How many brokers the cluster reports (a readiness probe); ``security``: see above."""
     from kafka import KafkaAdminClient
 
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     # A refused connection is answered here: kafka-python's client would leave sockets behind.
     socket.create_connection((host, int(port)), timeout=timeout_ms / 1000).close()
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, client_id="telerad-readiness"
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=timeout_ms,
+        client_id="telerad-readiness",
+        **security,
     )
     try:
         return len(admin.describe_cluster().get("brokers", []))
@@ -108,8 +163,10 @@ class KafkaAuditSink:
         extra_topics: Callable[[AuditEvent], list[str]] | None = None,
         producer: Any = None,
         max_pending: int = 10_000,
+        client_config: Mapping[str, Any] | None = None,  # security_config(settings.kafka)
     ) -> None:
         self._bootstrap = bootstrap
+        self._client_config = dict(client_config or {})
         self._topic = topic
         self._source = source
         self._timeout = ack_timeout_seconds
@@ -120,7 +177,7 @@ class KafkaAuditSink:
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self._bootstrap)
+            self._producer = make_producer(self._bootstrap, **self._client_config)
         return self._producer
 
     async def emit(self, event: AuditEvent) -> None:
@@ -214,66 +271,76 @@ def _settle_on_ack(
 
 
 class RevocationListener:
-    """Applies control events (revocations, consent, assignments, policy revisions) from every
-    replica to this one: a thread reading the control topic from its start.
+    """Applies the control topic's events (``revoked``, ``consent.changed``) from every replica
+    to this one (a thread reading every partition from the earliest retained record).
 
-    It reads without a consumer group: its partitions are assigned by hand and read from the
-    earliest retained record, so a new replica learns every revocation still in force, and there
-    is no group join to wait for (a new group's join took seconds, and on a topic created after
-    the subscription could leave the consumer with no partitions until a later rebalance).
-    Partitions are looked up again every few seconds, so a topic created later is picked up.
+    No consumer group: every replica reads everything and commits nothing, so the partitions are
+    assigned by hand (a group would only add rebalances, during which nothing is applied). New
+    partitions are picked up within ``_PARTITIONS_EVERY_SECONDS`` (a missing topic is looked for
+    every second: nothing to wait for until it exists). :attr:`caught_up` turns true
+    once the listener has read every partition up to the end offset it saw when it was first
+    assigned them: until then the replica is not ready, so its first request already refuses a
+    link revoked before it started.
     """
 
-    _RECHECK_SECONDS = 5.0
+    _PARTITIONS_EVERY_SECONDS = 10.0
 
     def __init__(
-        self, bootstrap: str, topic: str, apply: Callable[[AuditEvent], object], *, instance: str
+        self,
+        bootstrap: str,
+        topic: str,
+        apply: Callable[[AuditEvent], object],
+        *,
+        instance: str,
+        client_config: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._client_config = dict(client_config or {})
         self._topic = topic
         self._apply = apply
         self._instance = instance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ends: dict[Any, int] | None = None  # end offsets seen at start, by partition
+        self.caught_up = threading.Event()
         self.applied = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
         self._thread.start()
 
-    def _assign(self, consumer: Any, assigned: set[Any]) -> set[Any]:
-        """Assign every partition of the topic; new ones are read from their beginning."""
-        from kafka import TopicPartition
-
-        partitions = consumer.partitions_for_topic(self._topic) or set()
-        wanted = {TopicPartition(self._topic, p) for p in partitions}
-        if wanted != assigned:
-            consumer.assign(sorted(wanted))
-            consumer.seek_to_beginning(*sorted(wanted - assigned))
-        return wanted
-
     def _run(self) -> None:
         from broker.audit.cloudevents import PoisonRecord, from_record
 
         consumer = None
-        assigned: set[Any] = set()
         checked = 0.0
         while not self._stop.is_set():
             try:
                 if consumer is None:
+                    # From the earliest retained record: a new replica learns every consent and
+                    # revocation still in force.
                     consumer = make_consumer(
                         self._bootstrap,
-                        group_id=None,  # nothing to commit: every start reads from the start
+                        group_id=None,
                         client_id=f"telerad-revocations-{self._instance}",
-                        metadata_max_age_ms=5000,
+                        metadata_max_age_ms=5000,  # a topic created later is seen within 5 s
+                        **self._client_config,
                     )
-                    assigned, checked = set(), 0.0
-                now = time.monotonic()
-                if now - checked >= (self._RECHECK_SECONDS if assigned else 0.5):
-                    checked = now
-                    assigned = self._assign(consumer, assigned)
+                    checked = 0.0
+                assigned = bool(consumer.assignment())
+                every = self._PARTITIONS_EVERY_SECONDS if assigned else 1.0
+                if time.monotonic() - checked > every:
+                    checked = time.monotonic()
+                    assigned = self._assign(consumer)
                 if not assigned:
-                    self._stop.wait(0.25)
+                    # No such topic (yet): nothing to learn, so nothing to wait for; its
+                    # partitions are assigned, from their beginning, once it exists.
+                    if not self.caught_up.is_set():
+                        self._confirm_missing()  # not merely hidden from us: that is no "ready"
+                        log.info("control topic %s does not exist yet", self._topic)
+                        self._ends = {}
+                        self.caught_up.set()
+                    self._stop.wait(0.5)
                     continue
                 for records in consumer.poll(timeout_ms=250).values():
                     for record in records:
@@ -282,6 +349,8 @@ class RevocationListener:
                             self.applied += 1
                         except PoisonRecord:
                             log.warning("ignored a malformed revocation record")
+                if not self.caught_up.is_set():
+                    self._check_caught_up(consumer)
             except Exception as exc:  # noqa: BLE001 - keep listening; Kafka may come back
                 log.warning("revocation listener: %s; retrying", type(exc).__name__)
                 if consumer is not None:
@@ -290,6 +359,51 @@ class RevocationListener:
                 self._stop.wait(1.0)
         if consumer is not None:
             consumer.close()
+
+    def _confirm_missing(self) -> None:
+        """Return only if Kafka says the topic does not exist; raise if it is not authorized."""
+        from broker.audit.kafka_admin import admin_client, describe_topic
+
+        with admin_client(self._bootstrap, **self._client_config) as admin:
+            if describe_topic(admin, self._topic) is not None:
+                raise RuntimeError(f"control topic {self._topic} appeared; assigning it")
+
+    def _assign(self, consumer: Any) -> bool:
+        """Assign every partition of the topic (new ones from their beginning); False if none."""
+        from kafka import TopicPartition
+
+        # Asking for the topic's metadata also creates it where the cluster auto-creates topics.
+        partitions = consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            return False
+        wanted = {TopicPartition(self._topic, p) for p in partitions}
+        new = wanted - set(consumer.assignment())
+        if new:
+            consumer.assign(sorted(wanted))
+            consumer.seek_to_beginning(*sorted(new))
+        return True
+
+    def _check_caught_up(self, consumer: Any) -> None:
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return  # still joining its group
+        if self._ends is None:
+            self._ends = dict(consumer.end_offsets(assigned))
+        if all(consumer.position(tp) >= end for tp, end in self._ends.items()):
+            log.info(
+                "control topic read up to the end offsets seen at start (%d events applied)",
+                self.applied,
+            )
+            self.caught_up.set()
+
+    def progress(self) -> str:
+        """For readiness: how far the listener is (raises while it has not caught up)."""
+        if not self.caught_up.is_set():
+            seen = "no partitions assigned yet" if self._ends is None else "reading"
+            raise RuntimeError(
+                f"control topic {self._topic} not yet read up to its end offsets ({seen})"
+            )
+        return f"control topic read to the end offsets seen at start; {self.applied} applied"
 
     def stop(self) -> None:
         self._stop.set()

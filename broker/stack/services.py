@@ -1,4 +1,5 @@
-"""The dev/test stack's services as local processes: Kafka, OPA, Keycloak, Orthanc.
+"""The dev/test stack's services as local processes: Kafka (in :mod:`.kafka_cluster`), OPA,
+Keycloak, Orthanc.
 
 Each ``start_*`` function provisions what it needs (see :mod:`broker.stack.provision`), starts the
 service on free loopback ports with its log under the run directory, waits until it answers, and
@@ -7,12 +8,9 @@ returns a :class:`Service` that knows its endpoints and how to stop.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import httpx
 
 from broker.stack import provision
 from broker.stack._procs import ManagedProcess, ServiceStartError, free_port, progress
+from broker.stack.kafka_cluster import start_kafka
 
 __all__ = [
     "ORTHANC_PASSWORD",
@@ -46,13 +45,16 @@ class Service:
     log_path: Path
     process: ManagedProcess | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    more: list[ManagedProcess] = field(default_factory=list)  # a cluster's other nodes
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        for process in [*self.more, self.process]:
+            if process is not None:
+                process.stop()
 
     def running(self) -> bool:
-        return self.process is not None and self.process.running()
+        processes = [self.process, *self.more]
+        return all(p is not None and p.running() for p in processes)
 
 
 def _http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
@@ -61,103 +63,6 @@ def _http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
 
 def _resource(name: str) -> Path:
     return Path(__file__).parent / "resources" / name
-
-
-# --------------------------------------------------------------------------------------- Kafka
-def start_kafka(run_dir: Path, *, timeout: float = 120.0, fresh: bool = True) -> Service:
-    """A single-node Kafka in KRaft mode (broker + controller).
-
-    ``fresh`` formats new storage on new ports; otherwise the broker in ``run_dir`` is started
-    again on its ports with its data (a restart, as after an outage).
-    """
-    classpath = provision.kafka_classpath()
-    java_home = provision.java_home(17)
-    home = run_dir / "kafka"
-    config = home / "server.properties"
-    log_path = run_dir / "logs" / "kafka.log"
-    log4j = home / "log4j2.xml"
-    java = str(Path(java_home) / "bin" / "java")
-    jvm = [
-        java,
-        "-Xms128m",
-        "-Xmx512m",
-        "-XX:+UseSerialGC",  # two cores: a small heap with the serial collector starts fastest
-        "-XX:TieredStopAtLevel=1",
-        f"-Dlog4j2.configurationFile={log4j}",
-        f"-Dkafka.logs.dir={home}",
-        "-cp",
-        classpath,
-    ]
-    if fresh or not config.exists():
-        shutil.rmtree(home, ignore_errors=True)
-        (home / "data").mkdir(parents=True)
-        _write_kafka_config(config, home, free_port(), free_port())
-        shutil.copy(_resource("kafka-log4j2.xml"), log4j)
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # the storage tool would read "-..." as an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = ManagedProcess(
-            "kafka (storage format)",
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-            log_path=log_path,
-        )
-        progress("kafka: formatting KRaft storage")
-        fmt.start()
-        started = time.monotonic()
-        while fmt.running():
-            if time.monotonic() - started > 60:
-                fmt.stop()
-                break
-            time.sleep(0.2)
-    port = int(_property(config, "advertised.listeners").rsplit(":", 1)[1])
-    progress(f"kafka: starting on 127.0.0.1:{port}")
-    proc = ManagedProcess("kafka", [*jvm, "kafka.Kafka", str(config)], log_path=log_path)
-    proc.start()
-    bootstrap = f"127.0.0.1:{port}"
-    proc.wait_ready(lambda: _kafka_ready(bootstrap), timeout=timeout, interval=0.5)
-    return Service("kafka", {"bootstrap": bootstrap}, log_path, proc, extra={"run_dir": run_dir})
-
-
-def _write_kafka_config(config: Path, home: Path, port: int, controller_port: int) -> None:
-    config.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"log.dirs={home / 'data'}",
-                "num.partitions=3",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=3",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
-                "min.insync.replicas=1",
-                "",
-            ]
-        )
-    )
-
-
-def _property(config: Path, name: str) -> str:
-    for line in config.read_text().splitlines():
-        if line.startswith(f"{name}="):
-            return line.split("=", 1)[1]
-    raise KeyError(name)
-
-
-def _kafka_ready(bootstrap: str) -> bool:
-    from broker.audit.kafka import cluster_brokers  # kafka-python is slow to import
-
-    return cluster_brokers(bootstrap, 3000) >= 1
 
 
 # ----------------------------------------------------------------------------------------- OPA

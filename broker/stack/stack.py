@@ -8,6 +8,10 @@ For each part the backend is chosen automatically, and reported:
 * ``process`` otherwise: the part is provisioned into the cache and run as a local process.
   (With a Docker engine present, ``TELERAD_STACK_BACKEND=testcontainers`` selects containers;
   see :mod:`broker.stack.containers`.)
+
+The process backend's Kafka is secured (TLS, SCRAM, ACLs; :mod:`broker.stack.kafka_cluster`)
+unless ``TELERAD_STACK_KAFKA_PLAINTEXT=1``; external and container Kafkas are PLAINTEXT. It has
+one node, or ``TELERAD_STACK_KAFKA_NODES`` (``telerad stack up --kafka-nodes 3``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from pathlib import Path
 
 from broker.stack import containers, services
 from broker.stack._procs import progress
+from broker.stack.kafka_cluster import BROKER, CONSUMER, kafka_env
 from broker.stack.services import Service
 
-__all__ = ["PARTS", "Stack", "repo_root"]
+__all__ = ["PARTS", "Stack", "kafka_plaintext", "repo_root"]
 
 PARTS = ("kafka", "opa", "keycloak", "orthanc")
 
@@ -38,6 +43,11 @@ _REALMS = {
 def repo_root() -> Path:
     """The checkout this package lives in (the stack serves the repo's own policies)."""
     return Path(__file__).resolve().parents[2]
+
+
+def kafka_plaintext() -> bool:
+    """Whether the local Kafka runs PLAINTEXT (``TELERAD_STACK_KAFKA_PLAINTEXT=1``)."""
+    return os.environ.get("TELERAD_STACK_KAFKA_PLAINTEXT", "").lower() in ("1", "true", "yes")
 
 
 def _external(part: str) -> Service | None:
@@ -75,8 +85,15 @@ class Stack:
     backends: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, parts: tuple[str, ...] = PARTS, run_dir: Path | None = None) -> Stack:
+    def start(
+        cls,
+        parts: tuple[str, ...] = PARTS,
+        run_dir: Path | None = None,
+        *,
+        kafka_nodes: int | None = None,
+    ) -> Stack:
         """Start ``parts`` concurrently; on any failure stop what did start and re-raise."""
+        nodes = kafka_nodes or int(os.environ.get("TELERAD_STACK_KAFKA_NODES") or 1)
         run_dir = run_dir or Path(tempfile.mkdtemp(prefix="telerad-stack-"))
         stack = cls(run_dir)
         starters: dict[str, Callable[[], Service]] = {}
@@ -90,7 +107,7 @@ class Stack:
                 starters[part] = containers.starter(part, repo_root())
                 stack.backends[part] = "testcontainers"
             else:
-                starters[part] = _process_starter(part, run_dir)
+                starters[part] = _process_starter(part, run_dir, nodes)
                 stack.backends[part] = "process"
         progress("backends: " + ", ".join(f"{p}={b}" for p, b in stack.backends.items()))
         errors: list[BaseException] = []
@@ -119,6 +136,10 @@ class Stack:
             if self.backends.get(name) != "external":
                 service.stop()
 
+    def consumer_env(self) -> dict[str, str]:
+        """:meth:`broker_env` with the audit consumers' Kafka principal instead of the broker's."""
+        return self.broker_env() | kafka_env(self.services["kafka"], CONSUMER)
+
     def _write_facts(self) -> Path:
         path = self.run_dir / "facts.json"
         path.write_text(json.dumps(_facts_catalog(), indent=2))
@@ -132,7 +153,11 @@ class Stack:
             "TELERAD_IDENTITY__SESSION_COOKIE_SECURE": "false",
         }
         if kafka := self.services.get("kafka"):
-            env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"] = kafka.endpoints["bootstrap"]
+            env |= kafka_env(kafka, BROKER)
+            # the topics' floor is what the dev cluster can hold (production keeps 3 and 2)
+            nodes = len(kafka.extra.get("nodes") or [None])  # type: ignore[arg-type]
+            env["TELERAD_KAFKA__REPLICATION_FACTOR"] = str(min(3, nodes))
+            env["TELERAD_KAFKA__MIN_INSYNC_REPLICAS"] = str(min(2, nodes))
         if opa := self.services.get("opa"):
             env["TELERAD_OPA__URL"] = opa.endpoints["url"]
         if orthanc := self.services.get("orthanc"):
@@ -189,10 +214,12 @@ def _revision(root: Path) -> str:
     return f"git-{head}" if head else "dev"
 
 
-def _process_starter(part: str, run_dir: Path) -> Callable[[], Service]:
+def _process_starter(part: str, run_dir: Path, kafka_nodes: int = 1) -> Callable[[], Service]:
     root = repo_root()
     if part == "kafka":
-        return lambda: services.start_kafka(run_dir)
+        return lambda: services.start_kafka(
+            run_dir, secure=not kafka_plaintext(), nodes=kafka_nodes
+        )
     if part == "opa":
         policy_paths = [root / "policies" / "telerad", root / "policies" / "data"]
         return lambda: services.start_opa(

@@ -7,7 +7,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.helm.conftest import KUBE_VERSION, SCENARIOS, Chart, Rendered
+from tests.helm.conftest import KUBE_VERSION, RELEASE, SCENARIOS, Chart, Doc, Rendered
 
 # Kinds the Kubernetes schemas do not carry (CRDs); none is rendered by the scenarios.
 _CRD_KINDS = {"ServiceMonitor"}
@@ -81,6 +81,24 @@ def _refusals() -> list[Any]:
         ),
         pytest.param(
             "minimal", {"config": {"pacs": {"url": ""}}}, "pacs.url is required", id="no-pacs"
+        ),
+        pytest.param(
+            "minimal",
+            {"config": {"kafka": {"securityProtocol": "PLAINTEXT"}}},
+            "PLAINTEXT is not allowed in production",
+            id="kafka-plaintext-in-production",
+        ),
+        pytest.param(
+            "minimal",
+            {"secrets": {"kafkaBroker": {"existingSecret": ""}}},
+            "secrets.kafkaBroker.existingSecret is required",
+            id="kafka-no-broker-user-secret",
+        ),
+        pytest.param(
+            "minimal",
+            {"secrets": {"kafkaConsumers": {"username": ""}}},
+            "secrets.kafkaConsumers.username is required",
+            id="kafka-no-consumer-scram-user",
         ),
         pytest.param(
             "minimal",
@@ -229,7 +247,7 @@ class TestRefusedValues:
                 "config": {
                     "environment": "development",
                     "publicUrl": "http://telerad.dev.example",
-                    "kafka": {"bootstrapServers": "kafka:9092"},
+                    "kafka": {"bootstrapServers": "kafka:9092", "securityProtocol": "PLAINTEXT"},
                     "pacs": {"url": "http://orthanc:8042/dicom-web"},
                     "identity": {"sessionCookieSecure": False},
                 },
@@ -275,3 +293,40 @@ class TestSchema:
     )
     def test_schema_refuses(self, chart: Chart, overrides: dict[str, Any], message: str) -> None:
         assert message in chart.refusal("minimal", overrides)
+
+
+class TestKafkaAuth:
+    """Each workload authenticates to Kafka as its own user, with secrets mounted as files."""
+
+    @staticmethod
+    def _env(rendered: Rendered, workload: Doc, name: str) -> dict[str, str]:
+        return {e["name"]: e["value"] for e in rendered.container(workload, name).get("env", [])}
+
+    def test_scram_users_per_workload(self, rendered: dict[str, Rendered]) -> None:
+        production = rendered["production"]
+        env = self._env(production, production.broker(), "broker")
+        assert env["TELERAD_KAFKA__SASL_USERNAME"] == "telerad-broker"
+        password = env["TELERAD_KAFKA__SASL_PASSWORD_FILE"]
+        assert password == "/var/run/secrets/telerad-kafka-user/password"
+        ledger = next(w for w in production.workloads() if w["kind"] == "StatefulSet")
+        assert self._env(production, ledger, "ledger")["TELERAD_KAFKA__SASL_USERNAME"] == (
+            "telerad-audit"
+        )
+        volumes = {v["name"]: v for v in ledger["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-user"]["secret"]["secretName"] == "telerad-audit"
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "hospital-kafka-cluster-ca-cert"
+        config = production.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert config["TELERAD_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert config["TELERAD_KAFKA__SSL_CA_FILE"] == "/var/run/secrets/telerad-kafka-ca/ca.crt"
+
+    def test_mutual_tls_mounts_the_client_certificate(self, rendered: dict[str, Rendered]) -> None:
+        bundle = rendered["bundle"]
+        broker = bundle.broker()
+        env = self._env(bundle, broker, "broker")
+        assert env["TELERAD_KAFKA__SSL_CERT_FILE"].endswith("/user.crt")
+        assert env["TELERAD_KAFKA__SSL_KEY_FILE"].endswith("/user.key")
+        assert "TELERAD_KAFKA__SASL_USERNAME" not in env
+        volumes = {v["name"]: v for v in broker["spec"]["template"]["spec"]["volumes"]}
+        items = [i["key"] for i in volumes["kafka-user"]["secret"]["items"]]
+        assert items == ["user.crt", "user.key"]
+        assert volumes["kafka-user"]["secret"]["defaultMode"] == 288

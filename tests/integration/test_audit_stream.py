@@ -27,7 +27,15 @@ from broker.audit.kafka import KafkaAuditSink
 from broker.config import Settings
 from broker.stack import services
 from broker.stack._procs import free_port
+from broker.stack.kafka_cluster import (
+    BROKER,
+    CONSUMER,
+    client_kwargs,
+    kafka_env,
+    security_kwargs,
+)
 from broker.stack.samples import sample_studies
+from broker.stack.services import Service
 from broker.stack.stack import Stack
 from streams.ledger import LedgerConsumer, load_private_key
 from streams.ledger_store import LedgerStore
@@ -71,16 +79,17 @@ def decide(live: LiveBroker, bearer: str, study: str = "stolaf-ct-chest") -> htt
     )
 
 
-def run_ledger(bootstrap: str, topic: str, db: Path, key_path: Path) -> LedgerConsumer:
+def run_ledger(kafka: Service, topic: str, db: Path, key_path: Path) -> LedgerConsumer:
     store = LedgerStore(db)
     ledger = LedgerConsumer(store, load_private_key(key_path, create=True), head_every_leaves=10**9)
     runner = ConsumerRunner(
         "ledger-test",
-        bootstrap=bootstrap,
+        bootstrap=kafka.endpoints["bootstrap"],
         topic=topic,
         group_id=f"ledger-{uuid.uuid4().hex[:8]}",
         handler=ledger.handle,
-        dead_letter_topic=f"{topic}-dlq",
+        dead_letter_topic=f"dlq-{topic}",
+        client_config=security_kwargs(kafka, CONSUMER),
     )
     runner.run(idle_exit_seconds=4)
     return ledger
@@ -93,10 +102,13 @@ def test_request_event_topic_and_inclusion_proof(
         response = decide(live, token(stack, "ada"))
     assert response.status_code == 200, response.text
     decision_id = response.json()["decision_id"]
-    bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+    kafka = stack.services["kafka"]
     topic = topics["TELERAD_KAFKA__AUDIT_TOPIC"]
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10000
+        topic,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=10000,
+        **client_kwargs(kafka, CONSUMER),
     )
     try:
         records = list(consumer)
@@ -116,7 +128,7 @@ def test_request_event_topic_and_inclusion_proof(
         "issue_link",
     )
 
-    ledger = run_ledger(bootstrap, topic, tmp_path / "ledger.db", tmp_path / "key.pem")
+    ledger = run_ledger(kafka, topic, tmp_path / "ledger.db", tmp_path / "key.pem")
     head = ledger.maybe_sign(force=True)
     assert head is not None
     index, proof = ledger.store.inclusion_proof(event.id, head.size)
@@ -131,12 +143,8 @@ def test_kafka_outage_grants_nothing_and_loses_nothing(
     stack: Stack, topics: dict[str, str], tmp_path: Path
 ) -> None:
     kafka = services.start_kafka(tmp_path / "own")
-    bootstrap = kafka.endpoints["bootstrap"]
     ada = token(stack, "ada")
-    env = {
-        "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "TELERAD_KAFKA__ACK_TIMEOUT_SECONDS": "1.5",
-    }
+    env = kafka_env(kafka, BROKER) | {"TELERAD_KAFKA__ACK_TIMEOUT_SECONDS": "1.5"}
     outcomes: dict[str, list[httpx.Response]] = {}
     try:
         with mock.patch.dict(os.environ, env), serve(Settings()) as live:
@@ -161,7 +169,7 @@ def test_kafka_outage_grants_nothing_and_loses_nothing(
             r.json()["decision_id"] for phase in ("before", "after") for r in outcomes[phase]
         ]
         ledger = run_ledger(
-            bootstrap, topics["TELERAD_KAFKA__AUDIT_TOPIC"], tmp_path / "l.db", tmp_path / "k.pem"
+            kafka, topics["TELERAD_KAFKA__AUDIT_TOPIC"], tmp_path / "l.db", tmp_path / "k.pem"
         )
         in_ledger: dict[str, int] = {}
         for i in range(ledger.store.size()):
@@ -174,10 +182,21 @@ def test_kafka_outage_grants_nothing_and_loses_nothing(
         kafka.stop()
 
 
-def _produce(bootstrap: str, topic: str, n: int) -> list[str]:
+def _sink(kafka: Service, topic: str, source: str = "/test") -> KafkaAuditSink:
+    """The broker's own sink, as the broker's principal."""
+    return KafkaAuditSink(
+        kafka.endpoints["bootstrap"],
+        topic,
+        source=source,
+        ack_timeout_seconds=30,
+        client_config=security_kwargs(kafka, BROKER),
+    )
+
+
+def _produce(kafka: Service, topic: str, n: int) -> list[str]:
     import asyncio
 
-    sink = KafkaAuditSink(bootstrap, topic, source="/test", ack_timeout_seconds=30)
+    sink = _sink(kafka, topic)
     events = [
         AuditEvent(
             kind=EventKind.DECISION,
@@ -212,14 +231,17 @@ def _ledger_size(db: Path) -> int:
 def test_killed_consumer_loses_nothing_and_appends_nothing_twice(
     stack: Stack, topics: dict[str, str], tmp_path: Path
 ) -> None:
-    bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+    kafka = stack.services["kafka"]
     topic = topics["TELERAD_KAFKA__AUDIT_TOPIC"]
-    ids = _produce(bootstrap, topic, 6000)
-    env = os.environ | {
-        "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
-        "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
-    }
+    ids = _produce(kafka, topic, 6000)
+    env = (
+        os.environ
+        | kafka_env(kafka, CONSUMER)
+        | {
+            "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
+            "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
+        }
+    )
     argv = [sys.executable, "-m", "broker", "audit", "ledger", "--create-key", "--idle-exit", "4"]
     first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -301,7 +323,7 @@ def test_export_alerts_and_dead_letters(
 
     from kafka import KafkaProducer
 
-    bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+    kafka = stack.services["kafka"]
     topic = topics["TELERAD_KAFKA__AUDIT_TOPIC"]
     events = [
         AuditEvent(
@@ -321,7 +343,7 @@ def test_export_alerts_and_dead_letters(
             operations=["view"],
         ),
     ]
-    sink = KafkaAuditSink(bootstrap, topic, source="/test", ack_timeout_seconds=30)
+    sink = _sink(kafka, topic)
 
     async def emit() -> None:
         await sink.start()
@@ -330,15 +352,18 @@ def test_export_alerts_and_dead_letters(
         await sink.close()
 
     asyncio.run(emit())
-    poison = KafkaProducer(bootstrap_servers=bootstrap)
+    poison = KafkaProducer(**client_kwargs(kafka, BROKER))
     poison.send(topic, key=b"1.2.3", value=b"{not json", headers=[("ce_specversion", b"1.0")]).get(
         30
     )
     poison.close()
-    env = os.environ | {
-        "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
-    }
+    env = (
+        os.environ
+        | kafka_env(kafka, CONSUMER)
+        | {
+            "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
+        }
+    )
     for fmt in ("fhir", "dicom"):
         done = subprocess.run(
             [
@@ -379,8 +404,8 @@ def test_export_alerts_and_dead_letters(
     consumer = KafkaConsumer(
         "telerad.alerts.v1",
         topics["TELERAD_STREAMS__DEAD_LETTER_TOPIC"],
-        bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
+        **client_kwargs(kafka, CONSUMER),
         consumer_timeout_ms=8000,
     )
     try:
@@ -452,8 +477,8 @@ def test_kill_9_loses_nothing_acknowledged(
             broker.wait()
     consumer = KafkaConsumer(
         topics["TELERAD_KAFKA__AUDIT_TOPIC"],
-        bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"],
         auto_offset_reset="earliest",
+        **client_kwargs(stack.services["kafka"], CONSUMER),
         consumer_timeout_ms=8000,
     )
     try:
@@ -477,8 +502,8 @@ def test_consent_change_on_the_stream_is_enforced(stack: Stack, topics: dict[str
             study_uid=study,
             detail={"consent": "deny", "by": "hospital consent registry"},
         )
-        sink = KafkaAuditSink(
-            stack.services["kafka"].endpoints["bootstrap"],
+        sink = _sink(
+            stack.services["kafka"],
             topics["TELERAD_KAFKA__REVOCATION_TOPIC"],
             source="/hospital/consent-registry",
         )

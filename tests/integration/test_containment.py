@@ -17,6 +17,7 @@ import pytest
 
 from broker.config import Settings
 from broker.stack._procs import free_port
+from broker.stack.kafka_cluster import CONSUMER, RESPONDER, kafka_env
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from streams.ledger_store import LedgerStore
@@ -61,13 +62,18 @@ def test_bulk_access_contains_the_person_on_every_replica_until_lifted(
 ) -> None:
     ada = password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
     me = {"Authorization": f"Bearer {ada}"}
-    env = os.environ | {
-        "TELERAD_STREAMS__CONTAIN_RULES": '["bulk_access"]',
-        "TELERAD_STREAMS__ALERTS_BULK_STUDIES": "4",
-        "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
-        "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
-        "TELERAD_STREAMS__SEGMENTS_TOPIC": f"segments-{uuid.uuid4().hex[:8]}",
-    }
+    kafka = stack.services["kafka"]
+    env = (
+        os.environ
+        | kafka_env(kafka, RESPONDER)
+        | {
+            "TELERAD_STREAMS__CONTAIN_RULES": '["bulk_access"]',
+            "TELERAD_STREAMS__ALERTS_BULK_STUDIES": "4",
+            "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
+            "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
+            "TELERAD_STREAMS__SEGMENTS_TOPIC": f"segments-{uuid.uuid4().hex[:8]}",
+        }
+    )
     with serve(Settings()) as a:
         with mock.patch.dict(os.environ, {"TELERAD_PUBLIC_URL": f"http://127.0.0.1:{free_port()}"}):
             settings_b = Settings()
@@ -114,7 +120,8 @@ def test_bulk_access_contains_the_person_on_every_replica_until_lifted(
                     )
                 )
     # the ledger holds the containment, with its rule and evidence, and the lift
-    assert telerad(env, "ledger", "--create-key", "--idle-exit", "4").returncode == 0
+    ledger = env | kafka_env(kafka, CONSUMER)
+    assert telerad(ledger, "ledger", "--create-key", "--idle-exit", "4").returncode == 0
     with LedgerStore(tmp_path / "ledger.db") as store:
         import json
 

@@ -30,6 +30,7 @@ from broker.audit.cloudevents import from_record
 from broker.config import Settings
 from broker.fhir.consent import EXTERNAL_READING, PRIVACY_SCOPE
 from broker.stack._procs import free_port
+from broker.stack.kafka_cluster import CONSUMER, client_kwargs
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
@@ -103,7 +104,7 @@ def replicas(broker_env: dict[str, str]) -> Iterator[list[LiveBroker]]:
     env = {
         "TELERAD_AUDIT_SINK": "kafka",
         "TELERAD_KAFKA__AUDIT_TOPIC": f"audit-consent-{suffix}",
-        "TELERAD_KAFKA__REVOCATION_TOPIC": f"control-consent-{suffix}",
+        "TELERAD_KAFKA__REVOCATION_TOPIC": f"revocations-consent-{suffix}",
         "TELERAD_PSEUDONYM_KEY": base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
     }
     with mock.patch.dict(os.environ, env), ExitStack() as stack:
@@ -175,9 +176,9 @@ def test_a_refusal_recorded_through_fhir_is_enforced_on_every_replica(
     # on the audit topic: who recorded what, and never the patient's id
     consumer = KafkaConsumer(
         os.environ["TELERAD_KAFKA__AUDIT_TOPIC"],
-        bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"],
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
+        **client_kwargs(stack.services["kafka"], CONSUMER),
     )
     try:
         records = list(consumer)

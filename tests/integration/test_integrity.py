@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.stack.kafka_cluster import CONSUMER, kafka_env
 from broker.stack.stack import Stack
 from tests.integration.test_audit_stream import topics
 
@@ -82,7 +83,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
     # new instances arrive: the change feed brings them, once
     stored = [rest.post("/instances", content=blob).json() for blob in drill_instances(3)]
     try:
-        drill(env, rest, orthanc, stored, on_pacs)
+        drill(env, kafka_env(stack.services["kafka"], CONSUMER), rest, orthanc, stored, on_pacs)
     finally:  # the stack is shared: the drill's study goes, altered files and all
         for instance in stored:
             rest.delete(f"/instances/{instance['ID']}")
@@ -90,6 +91,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
 
 def drill(
     env: dict[str, str],
+    consumer_env: dict[str, str],
     rest: httpx.Client,
     orthanc: Any,
     stored: list[dict[str, Any]],
@@ -100,7 +102,9 @@ def drill(
     again = answer(telerad(env, "integrity", "watch", "--idle-exit", "2"))
     assert again == {"backfilled": 0, "recorded": 0}, again  # a restart repeats nothing
 
-    assert telerad(env, "audit", "ledger", "--create-key", "--idle-exit", "4").returncode == 0
+    # the watcher wrote as the broker; the ledger reads as a consumer
+    ledger = env | consumer_env
+    assert telerad(ledger, "audit", "ledger", "--create-key", "--idle-exit", "4").returncode == 0
     clean = telerad(env, "integrity", "verify", "--rate", "500")
     assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
     assert answer(clean)["checked"] == on_pacs + 3

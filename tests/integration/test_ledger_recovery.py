@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from broker.stack.kafka_cluster import CONSUMER, kafka_env
 from broker.stack.stack import Stack
 from streams.ledger_store import LedgerStore
 from tests.integration.test_audit_stream import _ledger_size, _produce, topics
@@ -53,17 +54,20 @@ def remove_ledger(path: Path) -> None:
 def test_the_ledger_is_deleted_under_load_then_rebuilt_backed_up_and_restored(
     stack: Stack, topics: dict[str, str], tmp_path: Path
 ) -> None:
-    bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+    kafka = stack.services["kafka"]
     audit_topic = topics["TELERAD_KAFKA__AUDIT_TOPIC"]
     ledger = tmp_path / "ledger.db"
-    env = os.environ | {
-        "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "TELERAD_STREAMS__LEDGER_PATH": str(ledger),
-        "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
-        "TELERAD_STREAMS__SEGMENTS_TOPIC": f"segments-{uuid.uuid4().hex[:10]}",
-        "TELERAD_STREAMS__HEAD_EVERY_LEAVES": "400",
-    }
-    ids = _produce(bootstrap, audit_topic, 3000)
+    env = (
+        os.environ
+        | kafka_env(kafka, CONSUMER)
+        | {
+            "TELERAD_STREAMS__LEDGER_PATH": str(ledger),
+            "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
+            "TELERAD_STREAMS__SEGMENTS_TOPIC": f"segments-{uuid.uuid4().hex[:10]}",
+            "TELERAD_STREAMS__HEAD_EVERY_LEAVES": "400",
+        }
+    )
+    ids = _produce(kafka, audit_topic, 3000)
 
     # 1. under load (events keep arriving), the ledger's file is deleted: it stops, loudly
     consumer = subprocess.Popen(
@@ -78,7 +82,7 @@ def test_the_ledger_is_deleted_under_load_then_rebuilt_backed_up_and_restored(
         assert consumer.poll() is None and time.monotonic() < deadline, "the ledger never started"
         time.sleep(0.05)
     more: list[str] = []
-    producing = threading.Thread(target=lambda: more.extend(_produce(bootstrap, audit_topic, 1000)))
+    producing = threading.Thread(target=lambda: more.extend(_produce(kafka, audit_topic, 1000)))
     producing.start()
     remove_ledger(ledger)
     _, stderr = consumer.communicate(timeout=120)
@@ -121,7 +125,7 @@ def test_the_ledger_is_deleted_under_load_then_rebuilt_backed_up_and_restored(
     assert report(telerad(env, "ledger", "backup", "--path", f"{backups}/"))["ok"]
     (kept,) = backups.iterdir()
     assert kept.name.startswith("telerad-ledger-") and kept.suffix == ".sqlite3"
-    later = _produce(bootstrap, audit_topic, 500)
+    later = _produce(kafka, audit_topic, 500)
     assert telerad(env, "ledger", "--idle-exit", "4").returncode == 0
     remove_ledger(ledger)
     restored = telerad(env, "ledger", "restore", "--path", str(kept))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from broker.app import create_app
 from broker.config import Settings
@@ -24,10 +26,20 @@ def _settings(monkeypatch: pytest.MonkeyPatch, stack: Stack, **overrides: str) -
     return Settings()
 
 
+def _ready_within(client: TestClient, seconds: float = 20) -> Response:
+    """/readyz once 200: a replica just started is ready when it has read the control topic to
+    the end offsets it saw at start (a moment after start)."""
+    deadline = time.monotonic() + seconds
+    while (response := client.get("/readyz")).status_code != 200:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return response
+
+
 def test_ready_when_every_dependency_answers(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     with TestClient(create_app(_settings(monkeypatch, stack))) as client:
-        response = client.get("/readyz")
-    assert response.status_code == 200, response.text
+        response = _ready_within(client)
     checks = response.json()["checks"]
     assert {"opa", "kafka", "pacs"} <= set(checks)
     assert sum(name.startswith("idp:") for name in checks) == 2
@@ -38,7 +50,7 @@ def test_healthz_needs_no_dependency() -> None:
     settings = Settings(
         environment="development",
         opa={"url": "http://127.0.0.1:9"},
-        kafka={"bootstrap_servers": "127.0.0.1:9"},
+        kafka={"bootstrap_servers": "127.0.0.1:9", "security_protocol": "PLAINTEXT"},
     )
     with TestClient(create_app(settings)) as client:
         response = client.get("/healthz")
@@ -72,7 +84,7 @@ def test_unready_names_the_stopped_dependency(
     own = start(tmp_path)
     try:
         with TestClient(create_app(_settings(monkeypatch, stack, **override(own)))) as client:
-            before = client.get("/readyz")
+            before = _ready_within(client)
             own.stop()
             after = client.get("/readyz")
     finally:

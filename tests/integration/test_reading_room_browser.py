@@ -26,6 +26,7 @@ from kafka import KafkaConsumer
 from broker.audit.cloudevents import from_record
 from broker.config import Settings
 from broker.stack import provision
+from broker.stack.kafka_cluster import CONSUMER, client_kwargs
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
@@ -124,7 +125,7 @@ class NetworkLog:
 class ReadingRoom:
     live: LiveBroker
     audit_topic: str
-    bootstrap: str
+    kafka: dict[str, Any]  # kafka-python client arguments, as the consumers' principal
     browser: Any
     shots: Path
 
@@ -167,7 +168,7 @@ def reading_room(
     shots.mkdir(parents=True, exist_ok=True)
     with mock.patch.dict(os.environ, env), serve(Settings()) as live:
         yield ReadingRoom(
-            live, topic, stack.services["kafka"].endpoints["bootstrap"], chromium, shots
+            live, topic, client_kwargs(stack.services["kafka"], CONSUMER), chromium, shots
         )
 
 
@@ -209,9 +210,9 @@ def wait_for_image(page: Any) -> dict[str, int]:
 def audited(room: ReadingRoom, study_uid: str) -> list[Any]:
     consumer = KafkaConsumer(
         room.audit_topic,
-        bootstrap_servers=room.bootstrap,
         auto_offset_reset="earliest",
         consumer_timeout_ms=5000,
+        **room.kafka,
     )
     try:
         events = [from_record(r.value, r.headers) for r in consumer]

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from opa_client import AsyncOpaClient
 from requests.auth import HTTPBasicAuth
 
+from broker.stack.kafka_cluster import ADMIN, client_kwargs
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 
@@ -21,20 +22,20 @@ pytestmark = pytest.mark.integration
 
 class TestKafka:
     def test_produce_and_consume_a_record(self, stack: Stack) -> None:
-        bootstrap = stack.services["kafka"].endpoints["bootstrap"]
+        kafka = client_kwargs(stack.services["kafka"], ADMIN)  # a topic outside the ACLs
         topic = f"smoke-{uuid.uuid4().hex[:8]}"
         value = uuid.uuid4().bytes
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        producer = KafkaProducer(acks="all", enable_idempotence=True, **kafka)
         metadata = producer.send(topic, key=b"k", value=value).get(timeout=30)
         producer.close()
         assert metadata.topic == topic
         consumer = KafkaConsumer(
             topic,
-            bootstrap_servers=bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             consumer_timeout_ms=20000,
             group_id=f"smoke-{uuid.uuid4().hex[:8]}",
+            **kafka,
         )
         try:
             received = [record.value for record in consumer]

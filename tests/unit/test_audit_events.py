@@ -70,3 +70,30 @@ def test_malformed_records_are_poison(mutate: object) -> None:
     bad_value, bad_headers = mutate(value, headers)  # type: ignore[operator]
     with pytest.raises(PoisonRecord):
         from_record(bad_value, bad_headers)
+
+
+class TestPartitionKey:
+    """The control topic is compacted: a record's key must be what it controls."""
+
+    def test_revocations_are_keyed_by_what_they_revoke(self) -> None:
+        def revoked(value: str) -> AuditEvent:
+            return AuditEvent(
+                kind=EventKind.REVOKED,
+                outcome=Outcome.SUCCESS,
+                subject="npi:1",
+                study_uid="1.2.3",
+                detail={"revocation": {"kind": "link", "value": value, "until": 1.0}},
+            )
+
+        one, two = revoked("link-1"), revoked("link-2")
+        assert one.partition_key == "revoked:link:link-1"
+        assert one.partition_key != two.partition_key  # compaction keeps both
+
+    def test_consent_is_keyed_by_study(self) -> None:
+        consent = AuditEvent(
+            kind=EventKind.CONSENT_CHANGED,
+            outcome=Outcome.SUCCESS,
+            study_uid="1.2.3",
+            detail={"consent": "deny"},
+        )
+        assert consent.partition_key == "1.2.3"  # the newest consent per study is in force

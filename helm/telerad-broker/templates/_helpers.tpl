@@ -176,6 +176,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
      args, env, mounts, volumes, annotations (extra checksums). */}}
 {{- define "telerad.audit.podTemplate" -}}
 {{- $ctx := .ctx -}}
+{{- $kafka := include "telerad.kafkaAuth" (list $ctx "kafkaConsumers") | fromJson -}}
+{{- $env := concat (.env | default list) $kafka.env -}}
+{{- $mounts := concat (.mounts | default list) $kafka.mounts -}}
+{{- $volumes := concat (.volumes | default list) $kafka.volumes -}}
 {{- $cfg := index $ctx.Values.audit .name -}}
 {{- $component := .component | default (printf "audit-%s" .name) -}}
 metadata:
@@ -183,6 +187,7 @@ metadata:
     {{- include "telerad.labels" (list $ctx $component) | nindent 4 }}
   annotations:
     checksum/env: {{ include "telerad.checksum" (list $ctx "configmap-env.yaml") }}
+    checksum/kafka-refs: {{ toJson (list $ctx.Values.secrets.kafkaCa $ctx.Values.secrets.kafkaConsumers) | sha256sum }}
     {{- with .annotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -225,7 +230,7 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "telerad.envConfigMap" $ctx }}
-      {{- with .env }}
+      {{- with $env }}
       env:
         {{- toYaml . | nindent 8 }}
       {{- end }}
@@ -236,12 +241,43 @@ spec:
       volumeMounts:
         - name: tmp
           mountPath: /tmp
-        {{- with .mounts }}
+        {{- with $mounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
   volumes:
     {{- include "telerad.tmpVolume" $ctx | nindent 4 }}
-    {{- with .volumes }}
+    {{- with $volumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+{{- end -}}
+
+{{/* How one workload authenticates to Kafka: its env, mounts and volumes, as JSON
+     {"env": [...], "mounts": [...], "volumes": [...]}. Call with (list ctx "kafkaBroker") or
+     (list ctx "kafkaConsumers"). The CA's file variable is in the shared ConfigMap. */}}
+{{- define "telerad.kafkaAuth" -}}
+{{- $ctx := index . 0 -}}
+{{- $user := index $ctx.Values.secrets (index . 1) -}}
+{{- $ca := $ctx.Values.secrets.kafkaCa -}}
+{{- $protocol := $ctx.Values.config.kafka.securityProtocol -}}
+{{- $out := dict "env" (list) "mounts" (list) "volumes" (list) -}}
+{{- if $ca.existingSecret -}}
+{{- $_ := set $out "mounts" (append $out.mounts (dict "name" "kafka-ca" "mountPath" "/var/run/secrets/telerad-kafka-ca" "readOnly" true)) -}}
+{{- $_ := set $out "volumes" (append $out.volumes (dict "name" "kafka-ca" "secret" (dict "secretName" $ca.existingSecret "defaultMode" 288 "items" (list (dict "key" $ca.key "path" "ca.crt"))))) -}}
+{{- end -}}
+{{- if and (ne $protocol "PLAINTEXT") $user.existingSecret -}}
+{{- $dir := "/var/run/secrets/telerad-kafka-user" -}}
+{{- $items := list -}}
+{{- if eq $protocol "SASL_SSL" -}}
+{{- $items = list (dict "key" "password" "path" "password") -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" "TELERAD_KAFKA__SASL_USERNAME" "value" $user.username)) -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" "TELERAD_KAFKA__SASL_PASSWORD_FILE" "value" (printf "%s/password" $dir))) -}}
+{{- else -}}
+{{- $items = list (dict "key" "user.crt" "path" "user.crt") (dict "key" "user.key" "path" "user.key") -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" "TELERAD_KAFKA__SSL_CERT_FILE" "value" (printf "%s/user.crt" $dir))) -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" "TELERAD_KAFKA__SSL_KEY_FILE" "value" (printf "%s/user.key" $dir))) -}}
+{{- end -}}
+{{- $_ := set $out "mounts" (append $out.mounts (dict "name" "kafka-user" "mountPath" $dir "readOnly" true)) -}}
+{{- $_ := set $out "volumes" (append $out.volumes (dict "name" "kafka-user" "secret" (dict "secretName" $user.existingSecret "defaultMode" 288 "items" $items))) -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}

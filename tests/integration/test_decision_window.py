@@ -21,6 +21,7 @@ from broker.audit.sink import MemorySink
 from broker.config import Settings
 from broker.stack import services
 from broker.stack._procs import free_port
+from broker.stack.kafka_cluster import ADMIN, BROKER, CONSUMER, client_kwargs, security_kwargs
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
@@ -205,7 +206,7 @@ def topics(stack: Stack, broker_env: dict[str, str]) -> Iterator[dict[str, str]]
         "TELERAD_AUDIT_SINK": "kafka",
         "TELERAD_LINKS__KEYS": json.dumps({"k1": LINK_KEY}),
     }
-    admin = KafkaAdminClient(bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"])
+    admin = KafkaAdminClient(**client_kwargs(stack.services["kafka"], ADMIN))
     try:
         admin.create_topics(
             [NewTopic(names[k], 1, 1) for k in names if k.endswith("_TOPIC")], timeout_ms=10_000
@@ -218,8 +219,12 @@ def topics(stack: Stack, broker_env: dict[str, str]) -> Iterator[dict[str, str]]
 
 def publish(stack: Stack, topic: str, event: AuditEvent) -> None:
     """What the hospital's systems (or another replica) put on the control topic."""
+    kafka = stack.services["kafka"]
     sink = KafkaAuditSink(
-        stack.services["kafka"].endpoints["bootstrap"], topic, source="/hospital/test"
+        kafka.endpoints["bootstrap"],
+        topic,
+        source="/hospital/test",
+        client_config=security_kwargs(kafka, BROKER),  # only the broker may write it
     )
 
     async def run() -> None:
@@ -343,9 +348,9 @@ def read_topic(stack: Stack, topic: str) -> list[AuditEvent]:
 
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=stack.services["kafka"].endpoints["bootstrap"],
         auto_offset_reset="earliest",
         consumer_timeout_ms=8000,
+        **client_kwargs(stack.services["kafka"], CONSUMER),
     )
     try:
         return [from_record(r.value, r.headers) for r in consumer]

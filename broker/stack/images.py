@@ -75,7 +75,7 @@ def base_rootfs() -> Path:
     staging = images / f"rootfs-{SUITE}-{key}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     images.mkdir(parents=True, exist_ok=True)
-    progress(f"debootstrap: a {SUITE} root filesystem from {MIRROR} (a few minutes)")
+    progress(f"debootstrap: a {SUITE} root filesystem from {MIRROR} (about a minute)")
     _run(
         [
             "debootstrap",

@@ -19,6 +19,7 @@ from broker.stack._procs import progress
 from broker.stack.engine import DockerEngine, EngineUnavailable
 from broker.stack.images import Images, build
 from broker.stack.stack import Stack
+from tests.conftest import no_engine
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +30,7 @@ def engine(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     try:
         own = DockerEngine.ensure(tmp_path_factory.mktemp("engine"))
     except EngineUnavailable as exc:
-        pytest.skip(f"no Docker engine for the container tests: {exc}")
+        no_engine(f"no Docker engine for the container tests: {exc}")
     try:
         yield own
     finally:

@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 
 from broker.stack.engine import DockerEngine, EngineUnavailable, engine_answers
+from tests.conftest import no_engine
 
 
 class TestPrivateEngine:
@@ -20,7 +21,7 @@ class TestPrivateEngine:
             try:
                 engine = DockerEngine.ensure(tmp_path)
             except EngineUnavailable as exc:
-                pytest.skip(f"no Docker engine can start here: {exc}")
+                no_engine(f"no Docker engine can start here: {exc}")
         if not engine.started_here:
             pytest.skip(f"an engine already answers at {engine.host}; none was started")
         try:

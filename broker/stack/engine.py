@@ -22,7 +22,7 @@ from pathlib import Path
 
 from broker.stack._procs import ManagedProcess, ServiceStartError, progress
 
-__all__ = ["DockerEngine", "EngineUnavailable", "engine_answers"]
+__all__ = ["DockerEngine", "EngineUnavailable", "engine_answers", "remove_stale_engines"]
 
 
 class EngineUnavailable(RuntimeError):
@@ -95,9 +95,10 @@ class DockerEngine:
             raise EngineUnavailable(
                 "no Docker engine answers, and a private dockerd needs root (this user is not)"
             )
+        remove_stale_engines()
         # Unix socket paths are limited to 108 bytes and containerd nests its sockets under the
         # exec root, so the engine gets a short directory of its own (linked from run_dir).
-        root = Path(tempfile.mkdtemp(prefix="telerad-engine-"))
+        root = Path(tempfile.mkdtemp(prefix=_PREFIX))
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             link = run_dir / "docker-engine"
@@ -136,6 +137,34 @@ class DockerEngine:
         self.process = None
         if self.root is not None:
             _remove_tree(self.root)
+
+
+_PREFIX = "telerad-engine-"
+
+
+def remove_stale_engines(parent: Path | None = None) -> list[Path]:
+    """Remove the directories of private engines whose ``dockerd`` is gone (a killed test run
+    leaves its data root behind: gigabytes, with vfs). Returns what was removed."""
+    removed: list[Path] = []
+    for root in sorted(Path(parent or tempfile.gettempdir()).glob(f"{_PREFIX}*")):
+        pidfile = root / "dockerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue  # starting now, or not ours: leave it
+        if Path(f"/proc/{pid}").exists() and "dockerd" in _cmdline(pid):
+            continue
+        progress(f"docker: removing {root}, left by an engine that is no longer running")
+        _remove_tree(root)
+        removed.append(root)
+    return removed
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _mounts_under(root: Path) -> list[str]:

@@ -8,7 +8,12 @@ from unittest import mock
 
 import pytest
 
-from broker.stack.engine import DockerEngine, EngineUnavailable, engine_answers
+from broker.stack.engine import (
+    DockerEngine,
+    EngineUnavailable,
+    engine_answers,
+    remove_stale_engines,
+)
 from tests.conftest import no_engine
 
 
@@ -44,3 +49,18 @@ class TestPrivateEngine:
             pytest.raises(EngineUnavailable, match="does not answer"),
         ):
             DockerEngine.ensure(tmp_path)
+
+
+class TestStaleEngines:
+    def test_directories_of_engines_gone_are_removed(self, tmp_path: Path) -> None:
+        dead = tmp_path / "telerad-engine-dead"
+        (dead / "data" / "vfs").mkdir(parents=True)
+        (dead / "dockerd.pid").write_text("999999999")  # above pid_max: no such process
+        starting = tmp_path / "telerad-engine-starting"  # no pid file yet
+        starting.mkdir()
+        reused = tmp_path / "telerad-engine-reused"
+        reused.mkdir()
+        (reused / "dockerd.pid").write_text(str(os.getpid()))  # a live pid, but not a dockerd
+        assert remove_stale_engines(tmp_path) == [dead, reused]
+        assert not dead.exists() and not reused.exists()
+        assert starting.exists()

@@ -19,7 +19,13 @@ from tests.containers.conftest import BuiltImage, restricted
 pytestmark = pytest.mark.integration
 
 # What must never be in the image: the dev stack's credentials (broker/stack, the realms' files).
-_DEV_CREDENTIALS = ("dev-broker-secret", "dev-only-orthanc", "dev-only-admin", "dev-password")
+_DEV_CREDENTIALS = (
+    "dev-broker-secret",
+    "dev-consent-secret",
+    "dev-only-orthanc",
+    "dev-only-admin",
+    "dev-password",
+)
 _BUILD_TOOLS = ("gcc", "cc", "c++", "make", "git", "cargo", "rustc", "clang", "ld", "as", "pip")
 
 # Run with the image's own python: what it holds, as JSON.

@@ -14,7 +14,7 @@ export REGAL := $(CACHE)/bin/regal-$(shell sed -n 's/^REGAL_VERSION = "\(.*\)"/\
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@echo "== installing Python dependencies into $(VENV)"
@@ -48,12 +48,20 @@ helm-check: provision ## the Helm chart: lint, template per scenario, values tab
 bench: provision ## benchmarks against the real stack (BENCH_ARGS=--quick for a smoke run)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The container tests (tests/containers) and the testcontainers subset run in test-containers.
+CONTAINER_SUBSET := tests/containers tests/integration/test_identity.py \
+	tests/integration/test_links.py tests/integration/test_audit_stream.py
+
 .PHONY: pytest
-pytest: provision ## the pytest suite (unit + integration against the real stack)
-	$(BIN)/pytest
+pytest: provision ## the pytest suite (unit + integration against the real stack, as processes)
+	$(BIN)/pytest --ignore=tests/containers
+
+.PHONY: test-containers
+test-containers: provision ## the image built and run, a subset on testcontainers (own dockerd if none answers)
+	TELERAD_STACK_BACKEND=testcontainers $(BIN)/pytest $(CONTAINER_SUBSET)
 
 .PHONY: test
-test: lint policy-check pytest ## README command: install, provision, lint, policy gates, all tests
+test: lint policy-check pytest test-containers ## README command: install, provision, lint, policy gates, all tests
 
 .PHONY: run
 run: provision ## README command: start Kafka, OPA, Keycloak, Orthanc and the broker; Ctrl-C stops all

@@ -73,7 +73,7 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 def _up(args: argparse.Namespace) -> int:
     from broker.stack import provision
     from broker.stack._procs import ManagedProcess, free_port, progress
-    from broker.stack.stack import PARTS, Stack
+    from broker.stack.stack import DEV_USERS, PARTS, Stack
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     parts = tuple(p for p in args.parts.split(",") if p) if args.parts else PARTS
@@ -100,10 +100,7 @@ def _up(args: argparse.Namespace) -> int:
             broker.wait_ready(lambda: _ready(f"http://127.0.0.1:{port}/readyz"), timeout=60)
             progress(f"broker ready on http://127.0.0.1:{port} (readyz: every dependency ready)")
             progress(f"broker log: {broker.log_path}")
-            progress(
-                f"open http://127.0.0.1:{port}/ in a browser and sign in as a dev user: "
-                "ada, ben or eve (password dev-password; eve's one-time code: README)"
-            )
+            progress(f"open http://127.0.0.1:{port}/ in a browser and sign in as {DEV_USERS}")
         progress(f"logs under {stack.run_dir / 'logs'}; Ctrl-C stops everything")
         while True:
             time.sleep(1)

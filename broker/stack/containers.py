@@ -1,40 +1,42 @@
-"""The stack's parts as containers (testcontainers), used when a Docker engine is reachable.
+"""The stack's parts as containers (testcontainers) on a Docker engine, with host networking.
 
-Selected by ``TELERAD_STACK_BACKEND=testcontainers``, or by ``auto`` (the default) when a Docker
-engine answers a ping. The machines this project is developed on have no engine, so this path is
-exercised only where one exists; the process backend is the one CI here runs.
+Selected by ``TELERAD_STACK_BACKEND=testcontainers`` (a private engine is started when none is
+reachable, see :mod:`broker.stack.engine`), or by ``auto`` (the default) when an engine already
+answers. The images are built here (:mod:`broker.stack.images`): no registry is needed.
+``TELERAD_STACK_IMAGE_<PART>`` (``KAFKA``, ``OPA``, ``KEYCLOAK``, ``ORTHANC``) names another
+image instead, which must have the same layout (``/opt/kafka/libs`` and ``java``; ``opa``;
+``/opt/keycloak``; ``Orthanc`` with the DICOMweb plugin on Debian's path).
+
+Every container uses the host's network (``--network host``: the private engine runs without a
+bridge, so ports cannot be published) and listens on a free loopback port, exactly like the
+process backend; configuration and data live in the run directory, mounted at the same path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shlex
+import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from broker.stack import services
-from broker.stack._procs import progress
-from broker.stack.provision import KAFKA_VERSION, KEYCLOAK_VERSION, OPA_VERSION
+from broker.stack._procs import ServiceStartError, free_port, log_tail, progress
+from broker.stack.engine import DockerEngine, engine_answers
+from broker.stack.images import Images
 from broker.stack.services import Service
 
-__all__ = ["docker_engine_reachable", "selected", "starter"]
+__all__ = ["ContainerBackend", "docker_engine_reachable", "selected"]
 
 
 def docker_engine_reachable() -> bool:
     """True when a Docker engine answers (not merely a docker client installed)."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
-        return False
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean "no"
-        return False
+    return engine_answers(os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
 
 
 def selected() -> bool:
@@ -55,86 +57,220 @@ class _ContainerService(Service):
 
     def stop(self) -> None:
         if self.container is not None:
+            _keep_logs(self.container, self.log_path)
             self.container.stop()
+            self.container = None
+
+    def running(self) -> bool:
+        return self.container is not None and _status(self.container) == "running"
 
 
-def _wrap(name: str, container: Any, endpoints: dict[str, str], **extra: object) -> Service:
-    service = _ContainerService(name, endpoints, Path("/dev/null"), extra=dict(extra))
-    service.container = container
-    return service
+def _status(container: Any) -> str:
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()
+    return str(wrapped.status)
 
 
-def starter(part: str, root: Path) -> Callable[[], Service]:
-    """A function that starts ``part`` in a container and returns it as a :class:`Service`."""
+def _keep_logs(container: Any, log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        stdout, stderr = container.get_logs()
+    except Exception as exc:  # noqa: BLE001 - logs are a courtesy; the container may be gone
+        stdout, stderr = b"", f"(no logs: {exc})".encode()
+    log_path.write_bytes(stdout + stderr)
 
-    def kafka() -> Service:
-        from testcontainers.kafka import KafkaContainer
 
-        container = KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft().start()
-        return _wrap("kafka", container, {"bootstrap": container.get_bootstrap_server()})
+class ContainerBackend:
+    """An engine (reachable or started here), the local images, and the containers on it."""
 
-    def opa() -> Service:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.engine = DockerEngine.ensure(run_dir)
+        self._saved_env = {k: os.environ.get(k) for k in self.engine.env()}
+        os.environ.update(self.engine.env())  # testcontainers' client reads DOCKER_HOST
+        from testcontainers.core.config import testcontainers_config
+
+        testcontainers_config.ryuk_disabled = True  # Ryuk is a Docker Hub image; we stop our own
+        self.images = Images(self.engine.host)
+        self._build_lock = threading.Lock()  # two cores: one image build at a time
+
+    def close(self) -> None:
+        """Close the client and stop the engine if it was started here."""
+        self.images.close()
+        self.engine.stop()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def image(self, part: str) -> str:
+        with self._build_lock:
+            started = time.monotonic()
+            tag = self.images.part(part)
+            progress(f"{part}: image {tag} ({time.monotonic() - started:.0f} s)")
+            return tag
+
+    def starter(self, part: str, root: Path) -> Callable[[], Service]:
+        """A function that starts ``part`` in a container and returns it as a :class:`Service`."""
+        starters: dict[str, Callable[[], Service]] = {
+            "kafka": self._kafka,
+            "opa": lambda: self._opa(root),
+            "keycloak": lambda: self._keycloak(root),
+            "orthanc": self._orthanc,
+        }
+        return starters[part]
+
+    def _run(
+        self,
+        part: str,
+        command: list[str],
+        *,
+        mounts: dict[Path, str],
+        env: dict[str, str] | None = None,
+        workdir: Path | None = None,
+    ) -> Any:
         from testcontainers.core.container import DockerContainer
-        from testcontainers.core.waiting_utils import wait_for_logs
 
-        container = (
-            DockerContainer(f"openpolicyagent/opa:{OPA_VERSION.lstrip('v')}")
-            .with_volume_mapping(str(root / "policies"), "/policies", "ro")
-            .with_command(
-                "run --server --addr=0.0.0.0:8181 --ignore=*_test.rego "
-                "--set=decision_logs.console=true "
-                "/policies/telerad /policies/data"
-            )
-            .with_exposed_ports(8181)
-            .start()
+        image = self.image(part)
+        progress(f"{part}: starting a container ({image})")
+        container = DockerContainer(image).with_command(command)
+        for host, mode in mounts.items():
+            container = container.with_volume_mapping(str(host), str(host), mode)
+        for key, value in (env or {}).items():
+            container = container.with_env(key, value)
+        kwargs: dict[str, Any] = {"network_mode": "host", "entrypoint": []}
+        if workdir is not None:
+            kwargs["working_dir"] = str(workdir)
+        return container.with_kwargs(**kwargs).start()
+
+    def _wait(
+        self, part: str, container: Any, ready: Callable[[], bool], *, timeout: float
+    ) -> Path:
+        log_path = self.run_dir / "logs" / f"{part}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _status(container) != "running":
+                _keep_logs(container, log_path)
+                container.stop()
+                raise ServiceStartError(
+                    f"{part} (container) exited before it was ready; last lines of "
+                    f"{log_path}:\n{log_tail(log_path)}"
+                )
+            with contextlib.suppress(Exception):  # not answering yet
+                if ready():
+                    return log_path
+            time.sleep(0.5)
+        _keep_logs(container, log_path)
+        container.stop()
+        raise ServiceStartError(
+            f"{part} (container) not ready after {timeout:.0f} s; last lines of {log_path}:\n"
+            f"{log_tail(log_path)}"
         )
-        wait_for_logs(container, "Initializing server", timeout=60)
-        url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8181)}"
-        return _wrap("opa", container, {"url": url})
 
-    def keycloak() -> Service:
-        from testcontainers.keycloak import KeycloakContainer
+    def _wrap(self, name: str, container: Any, endpoints: dict[str, str], log: Path) -> Service:
+        service = _ContainerService(name, endpoints, log)
+        service.container = container
+        return service
 
-        container = KeycloakContainer(f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}")
+    def _kafka(self) -> Service:
+        home = self.run_dir / "kafka"
+        cluster_id = services.prepare_kafka_home(home)
+        config = str(home / "server.properties")
+        jvm = services.kafka_jvm("java", "/opt/kafka/libs/*", home)
+        fmt = [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", config]
+        serve = [*jvm, "kafka.Kafka", config]
+        bootstrap = services.kafka_bootstrap(home)
+        container = self._run(
+            "kafka",
+            ["sh", "-c", f"{shlex.join(fmt)} > /dev/null && exec {shlex.join(serve)}"],
+            mounts={home: "rw"},
+        )
+        log = self._wait("kafka", container, lambda: services.kafka_ready(bootstrap), timeout=180)
+        service = self._wrap("kafka", container, {"bootstrap": bootstrap}, log)
+        service.extra["run_dir"] = self.run_dir
+        return service
+
+    def _opa(self, root: Path) -> Service:
+        from broker.stack.stack import _revision
+
+        home = self.run_dir / "opa"
+        policy_paths = [root / "policies" / "telerad", root / "policies" / "data"]
+        services.bundle_source(
+            home / "bundle-src", [p for p in policy_paths if p.exists()], _revision(root)
+        )
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        build = ["opa", "build", "--bundle", "bundle-src", "-o", "policy-bundle.tar.gz"]
+        serve = [
+            "opa",
+            "run",
+            "--server",
+            f"--addr=127.0.0.1:{port}",
+            "--log-format=json",
+            "--log-level=info",
+            "--set=decision_logs.console=true",
+            "--bundle",
+            "policy-bundle.tar.gz",
+        ]
+        container = self._run(
+            "opa",
+            ["sh", "-c", f"{shlex.join(build)} && exec {shlex.join(serve)}"],
+            mounts={home: "rw"},
+            workdir=home,
+        )
+        log = self._wait("opa", container, lambda: services.http_ok(f"{url}/health"), timeout=60)
+        return self._wrap("opa", container, {"url": url}, log)
+
+    def _keycloak(self, root: Path) -> Service:
+        imports = self.run_dir / "keycloak" / "import"
+        shutil.rmtree(imports, ignore_errors=True)
+        imports.mkdir(parents=True)
         for realm in sorted((root / "broker" / "stack" / "resources" / "keycloak").glob("*.json")):
-            container = container.with_realm_import_file(str(realm))
-        container.start()
-        url = container.get_url().rstrip("/")
-        return _wrap(
+            shutil.copy(realm, imports / realm.name)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        # the distribution's data/import is where --import-realm looks
+        container = self._run(
+            "keycloak",
+            [
+                "sh",
+                "-c",
+                f"mkdir -p /opt/keycloak/data && ln -sfn {shlex.quote(str(imports))} "
+                "/opt/keycloak/data/import && exec /opt/keycloak/bin/kc.sh "
+                + shlex.join(services.keycloak_args(port)),
+            ],
+            mounts={imports: "ro"},
+            env=services.KEYCLOAK_ENV,
+        )
+        log = self._wait(
             "keycloak",
             container,
-            {"url": url, **{r: f"{url}/realms/{r}" for r in ("hospital-a", "hospital-b")}},
+            lambda: services.http_ok(f"{url}/health/ready"),
+            timeout=300,
         )
+        return self._wrap("keycloak", container, services.keycloak_endpoints(url), log)
 
-    def orthanc() -> Service:
-        from testcontainers.core.container import DockerContainer
-        from testcontainers.core.waiting_utils import wait_for_logs
-
-        container = (
-            DockerContainer("orthancteam/orthanc:24.12.1")
-            .with_env("DICOM_WEB_PLUGIN_ENABLED", "true")
-            .with_env("ORTHANC__AUTHENTICATION_ENABLED", "true")
-            .with_env(
-                "ORTHANC__REGISTERED_USERS",
-                f'{{"{services.ORTHANC_USER}": "{services.ORTHANC_PASSWORD}"}}',
-            )
-            .with_exposed_ports(8042)
-            .start()
+    def _orthanc(self) -> Service:
+        home = self.run_dir / "orthanc"
+        shutil.rmtree(home, ignore_errors=True)
+        (home / "db").mkdir(parents=True)
+        port = free_port()
+        config = home / "orthanc.json"
+        config.write_text(json.dumps(services.orthanc_config(home, port), indent=2))
+        url = f"http://127.0.0.1:{port}"
+        auth = (services.ORTHANC_USER, services.ORTHANC_PASSWORD)
+        container = self._run(
+            "orthanc", ["Orthanc", "--logfile=/dev/stdout", str(config)], mounts={home: "rw"}
         )
-        wait_for_logs(container, "Orthanc has started", timeout=120)
-        url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8042)}"
-        return _wrap(
-            "orthanc",
-            container,
-            {"url": url, "dicomweb": f"{url}/dicom-web"},
+        log = self._wait(
+            "orthanc", container, lambda: services.http_ok(f"{url}/system", auth=auth), timeout=90
+        )
+        endpoints = {"url": url, "dicomweb": f"{url}/dicom-web"}
+        service = self._wrap("orthanc", container, endpoints, log)
+        service.extra.update(
             user=services.ORTHANC_USER,
             password=services.ORTHANC_PASSWORD,
+            storage=str(home / "db"),  # mounted at the same path: the integrity drill edits it
         )
-
-    starters: dict[str, Callable[[], Service]] = {
-        "kafka": kafka,
-        "opa": opa,
-        "keycloak": keycloak,
-        "orthanc": orthanc,
-    }
-    return starters[part]
+        return service

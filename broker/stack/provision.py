@@ -3,7 +3,9 @@
 Everything lands in the cache (``$TELERAD_CACHE``, default ``~/.cache/telerad``) and is reused;
 a missing cache only costs time. Each step prints progress, because a cold machine spends minutes
 here: Go builds (OPA, Regal, Helm) from the Go module proxy, Kafka and Keycloak from Maven
-Central, the OHIF viewer's prebuilt ``dist/`` from npm, Orthanc and Chromium from Debian.
+Central, the OHIF viewer's prebuilt ``dist/`` from npm, Orthanc, Chromium, ``dockerd`` and
+``debootstrap`` from Debian (the container images' root filesystem is made later, on first use,
+by :mod:`broker.stack.images`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "ProvisionError",
     "cache_dir",
     "chromium_binary",
+    "container_tools",
     "ensure_all",
     "go_tool",
     "kafka_classpath",
@@ -248,6 +251,21 @@ def chromium_binary() -> Path:
     return binary
 
 
+def container_tools() -> None:
+    """Debian's ``dockerd`` (package ``docker.io``) and ``debootstrap``, installed if missing.
+
+    The container tests start a private engine with them where none answers and build every
+    image from a debootstrap root filesystem (:mod:`broker.stack.engine`, :mod:`~.images`).
+    """
+    missing = [
+        package
+        for package, binary in (("docker.io", "dockerd"), ("debootstrap", "debootstrap"))
+        if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists()
+    ]
+    if missing:
+        _apt_install(missing, what=f"installing {' and '.join(missing)} from Debian")
+
+
 def ohif_dist(cache: Path | None = None) -> Path:
     """The OHIF viewer's prebuilt ``dist/`` from the pinned npm tarball, unpacked in the cache.
 
@@ -334,3 +352,4 @@ def ensure_all(*, tools: Sequence[str] = ("opa",)) -> None:
     orthanc_binary()
     ohif_dist()
     chromium_binary()
+    container_tools()

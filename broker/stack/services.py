@@ -8,9 +8,11 @@ returns a :class:`Service` that knows its endpoints and how to stop.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +59,7 @@ class Service:
         return all(p is not None and p.running() for p in processes)
 
 
-def _http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
+def http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
     return httpx.get(url, auth=auth, timeout=2.0).status_code == 200
 
 
@@ -65,8 +67,86 @@ def _resource(name: str) -> Path:
     return Path(__file__).parent / "resources" / name
 
 
+# ------------------------------------------------- Kafka (the container backend's PLAINTEXT node)
+# The process backend's secured Kafka is broker.stack.kafka_cluster's; the container backend
+# runs one PLAINTEXT node from these.
+def kafka_jvm(java: str, classpath: str, home: Path) -> list[str]:
+    """The JVM command line Kafka runs with (its main class and arguments follow)."""
+    return [
+        java,
+        "-Xms128m",
+        "-Xmx512m",
+        "-XX:+UseSerialGC",  # two cores: a small heap with the serial collector starts fastest
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={home / 'log4j2.xml'}",
+        f"-Dkafka.logs.dir={home}",
+        "-cp",
+        classpath,
+    ]
+
+
+def prepare_kafka_home(home: Path) -> str:
+    """A fresh ``home`` (config on new loopback ports, log config, empty data); the cluster id."""
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "data").mkdir(parents=True)
+    _write_kafka_config(home / "server.properties", home, free_port(), free_port())
+    shutil.copy(_resource("kafka-log4j2.xml"), home / "log4j2.xml")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # the storage tool would read "-..." as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
+
+
+def kafka_bootstrap(home: Path) -> str:
+    """The bootstrap address the Kafka in ``home`` advertises."""
+    port = int(_property(home / "server.properties", "advertised.listeners").rsplit(":", 1)[1])
+    return f"127.0.0.1:{port}"
+
+
+def _write_kafka_config(config: Path, home: Path, port: int, controller_port: int) -> None:
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={home / 'data'}",
+                "num.partitions=3",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=3",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "min.insync.replicas=1",
+                "",
+            ]
+        )
+    )
+
+
+def _property(config: Path, name: str) -> str:
+    for line in config.read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1]
+    raise KeyError(name)
+
+
+def kafka_ready(bootstrap: str) -> bool:
+    from broker.audit.kafka import cluster_brokers  # kafka-python is slow to import
+
+    return cluster_brokers(bootstrap, 3000) >= 1
+
+
 # ----------------------------------------------------------------------------------------- OPA
-def _bundle_source(target: Path, policy_paths: list[Path], revision: str) -> Path:
+def bundle_source(target: Path, policy_paths: list[Path], revision: str) -> Path:
     """A bundle directory: the policies (no tests), their data, and a manifest that claims only
     the ``telerad`` root, so the rest of OPA's namespace stays writable (the smoke tests use it).
     """
@@ -111,7 +191,7 @@ def start_opa(
     sources = [str(p) for p in policy_paths]
     if revision is not None:
         bundle = run_dir / "opa" / "policy-bundle.tar.gz"
-        source = _bundle_source(run_dir / "opa" / "bundle-src", policy_paths, revision)
+        source = bundle_source(run_dir / "opa" / "bundle-src", policy_paths, revision)
         build = subprocess.run(
             [str(opa), "build", "--bundle", str(source), "-o", str(bundle)],
             capture_output=True,
@@ -141,7 +221,7 @@ def start_opa(
     proc = ManagedProcess("opa", argv, log_path=log_path, cwd=run_dir / "opa")
     proc.start()
     url = f"http://127.0.0.1:{port}"
-    proc.wait_ready(lambda: _http_ok(f"{url}/health"), timeout=timeout)
+    proc.wait_ready(lambda: http_ok(f"{url}/health"), timeout=timeout)
     return Service("opa", {"url": url}, log_path, proc)
 
 
@@ -153,7 +233,30 @@ def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
     shutil.rmtree(home, ignore_errors=True)
     (home / "db").mkdir(parents=True)
     port = free_port()
-    config = {
+    config = orthanc_config(home, port)
+    config_path = home / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log_path = run_dir / "logs" / "orthanc.log"
+    progress(f"orthanc: starting on 127.0.0.1:{port}")
+    proc = ManagedProcess(
+        "orthanc", [str(binary), "--logfile=/dev/stdout", str(config_path)], log_path=log_path
+    )
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    auth = (ORTHANC_USER, ORTHANC_PASSWORD)
+    proc.wait_ready(lambda: http_ok(f"{url}/system", auth=auth), timeout=timeout)
+    return Service(
+        "orthanc",
+        {"url": url, "dicomweb": f"{url}/dicom-web"},
+        log_path,
+        proc,
+        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD, "storage": str(home / "db")},
+    )
+
+
+def orthanc_config(home: Path, port: int) -> dict[str, object]:
+    """Orthanc's configuration: storage under ``home``, HTTP on loopback ``port``, basic auth."""
+    return {
         "Name": "telerad-dev-pacs",
         "StorageDirectory": str(home / "db"),
         "IndexDirectory": str(home / "db"),
@@ -170,24 +273,6 @@ def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
         # every read from disk, as the integrity sweep and its drill need (no in-memory copy)
         "MaximumStorageCacheSize": 0,
     }
-    config_path = home / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    log_path = run_dir / "logs" / "orthanc.log"
-    progress(f"orthanc: starting on 127.0.0.1:{port}")
-    proc = ManagedProcess(
-        "orthanc", [str(binary), "--logfile=/dev/stdout", str(config_path)], log_path=log_path
-    )
-    proc.start()
-    url = f"http://127.0.0.1:{port}"
-    auth = (ORTHANC_USER, ORTHANC_PASSWORD)
-    proc.wait_ready(lambda: _http_ok(f"{url}/system", auth=auth), timeout=timeout)
-    return Service(
-        "orthanc",
-        {"url": url, "dicomweb": f"{url}/dicom-web"},
-        log_path,
-        proc,
-        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD, "storage": str(home / "db")},
-    )
 
 
 # ----------------------------------------------------------------------------------- Keycloak
@@ -225,14 +310,32 @@ def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = run_dir / "logs" / "keycloak.log"
-    env = {
-        "JAVA_HOME": java_home,
-        "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx768m",
-        "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
-        "KC_BOOTSTRAP_ADMIN_PASSWORD": KEYCLOAK_ADMIN_PASSWORD,
-    }
-    argv = [
-        str(home / "bin" / "kc.sh"),
+    env = {"JAVA_HOME": java_home, **KEYCLOAK_ENV}
+    argv = [str(home / "bin" / "kc.sh"), *keycloak_args(port)]
+    progress(f"keycloak: starting on 127.0.0.1:{port} (20-40 s on two cores)")
+    proc = ManagedProcess("keycloak", argv, log_path=log_path, env=env, cwd=home)
+    proc.start()
+    proc.wait_ready(lambda: http_ok(f"{url}/health/ready"), timeout=timeout, interval=1.0)
+    return Service("keycloak", keycloak_endpoints(url), log_path, proc)
+
+
+KEYCLOAK_ENV = {
+    "JAVA_OPTS_KC_HEAP": "-Xms64m -Xmx768m",
+    "KC_BOOTSTRAP_ADMIN_USERNAME": "admin",
+    "KC_BOOTSTRAP_ADMIN_PASSWORD": KEYCLOAK_ADMIN_PASSWORD,
+}
+
+
+def keycloak_endpoints(url: str) -> dict[str, str]:
+    """The server's URL and each telerad realm's issuer."""
+    realms = ("hospital-a", "hospital-b", "northstar-reading")
+    return {"url": url, **{r: f"{url}/realms/{r}" for r in realms}}
+
+
+def keycloak_args(port: int) -> list[str]:
+    """``kc.sh`` arguments: dev mode on loopback ``port``, the realms imported at start."""
+    url = f"http://127.0.0.1:{port}"
+    return [
         "start-dev",
         "--import-realm",
         "--db=dev-mem",  # a fresh import every start: the realms always match the repo's files
@@ -242,11 +345,3 @@ def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
         "--health-enabled=true",
         "--http-management-health-enabled=false",  # health on the main port, no port 9000
     ]
-    progress(f"keycloak: starting on 127.0.0.1:{port} (20-40 s on two cores)")
-    proc = ManagedProcess("keycloak", argv, log_path=log_path, env=env, cwd=home)
-    proc.start()
-    proc.wait_ready(lambda: _http_ok(f"{url}/health/ready"), timeout=timeout, interval=1.0)
-    realms = ("hospital-a", "hospital-b", "northstar-reading")
-    return Service(
-        "keycloak", {"url": url, **{r: f"{url}/realms/{r}" for r in realms}}, log_path, proc
-    )

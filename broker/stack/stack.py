@@ -5,6 +5,9 @@ For each part the backend is chosen automatically, and reported:
 * ``external`` when an environment variable points at a running service
   (``TELERAD_STACK_KAFKA_BOOTSTRAP``, ``TELERAD_STACK_OPA_URL``, ``TELERAD_STACK_KEYCLOAK_URL``,
   ``TELERAD_STACK_ORTHANC_URL`` with ``TELERAD_STACK_ORTHANC_USER``/``_PASSWORD``);
+* ``testcontainers`` with ``TELERAD_STACK_BACKEND=testcontainers`` (or ``auto`` when a Docker
+  engine answers): the part runs in a container built here, on that engine or on a private one
+  the stack starts and stops (see :mod:`broker.stack.containers`);
 * ``process`` otherwise: the part is provisioned into the cache and run as a local process.
   (With a Docker engine present, ``TELERAD_STACK_BACKEND=testcontainers`` selects containers;
   see :mod:`broker.stack.containers`.)
@@ -29,7 +32,7 @@ from broker.stack._procs import progress
 from broker.stack.kafka_cluster import BROKER, CONSUMER, kafka_env
 from broker.stack.services import Service
 
-__all__ = ["PARTS", "Stack", "kafka_plaintext", "repo_root"]
+__all__ = ["DEV_USERS", "PARTS", "Stack", "kafka_plaintext", "repo_root"]
 
 PARTS = ("kafka", "opa", "keycloak", "orthanc")
 
@@ -38,6 +41,11 @@ _REALMS = {
     "hospital-a": "dev-broker-secret-a",
     "hospital-b": "dev-broker-secret-b",
 }
+
+
+# Who `make run` tells a new user to sign in as (the realms' dev users; kept out of the image with
+# the rest of broker/stack).
+DEV_USERS = "a dev user: ada, ben or eve (password dev-password; eve's one-time code: README)"
 
 
 def repo_root() -> Path:
@@ -83,6 +91,7 @@ class Stack:
     run_dir: Path
     services: dict[str, Service] = field(default_factory=dict)
     backends: dict[str, str] = field(default_factory=dict)
+    containers: containers.ContainerBackend | None = None
 
     @classmethod
     def start(
@@ -97,14 +106,16 @@ class Stack:
         run_dir = run_dir or Path(tempfile.mkdtemp(prefix="telerad-stack-"))
         stack = cls(run_dir)
         starters: dict[str, Callable[[], Service]] = {}
-        use_containers = containers.selected()
+        externals = {part: _external(part) for part in parts}
+        if containers.selected() and None in externals.values():
+            stack.containers = containers.ContainerBackend(run_dir)
         for part in parts:
-            external = _external(part)
+            external = externals[part]
             if external is not None:
                 stack.services[part] = external
                 stack.backends[part] = "external"
-            elif use_containers:
-                starters[part] = containers.starter(part, repo_root())
+            elif stack.containers is not None:
+                starters[part] = stack.containers.starter(part, repo_root())
                 stack.backends[part] = "testcontainers"
             else:
                 starters[part] = _process_starter(part, run_dir, nodes)
@@ -135,6 +146,9 @@ class Stack:
         for name, service in self.services.items():
             if self.backends.get(name) != "external":
                 service.stop()
+        if self.containers is not None:
+            self.containers.close()
+            self.containers = None
 
     def consumer_env(self) -> dict[str, str]:
         """:meth:`broker_env` with the audit consumers' Kafka principal instead of the broker's."""

@@ -1,4 +1,4 @@
-"""The Dockerfile's invariants (it cannot be built here, and hadolint is not reachable)."""
+"""The Dockerfile's text invariants (hadolint is not reachable); tests/containers/ builds it."""
 
 from __future__ import annotations
 
@@ -45,9 +45,23 @@ def _instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _global_args() -> dict[str, str]:
+    """The ``ARG name=default`` lines before the first ``FROM`` (what ``FROM ${name}`` can use)."""
+    args: dict[str, str] = {}
+    for keyword, text in _instructions((REPO / "Dockerfile").read_text()):
+        if keyword == "FROM":
+            break
+        assert keyword == "ARG", f"only ARG may come before the first FROM, not {keyword}"
+        name, _, default = text.partition("=")
+        args[name] = default
+    return args
+
+
 def _stages() -> list[Stage]:
     stages: list[Stage] = []
-    for keyword, args in _instructions((REPO / "Dockerfile").read_text()):
+    instructions = _instructions((REPO / "Dockerfile").read_text())
+    first_from = next(i for i, (kw, _) in enumerate(instructions) if kw == "FROM")
+    for keyword, args in instructions[first_from:]:
         if keyword == "FROM":
             m = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", args, re.I)
             assert m, f"every stage is named: FROM {args}"
@@ -58,6 +72,7 @@ def _stages() -> list[Stage]:
     return stages
 
 
+GLOBAL_ARGS = _global_args()
 STAGES = _stages()
 FINAL = STAGES[-1]
 
@@ -68,10 +83,15 @@ class TestDockerfile:
         assert [s.name for s in STAGES] == ["builder", "viewer", "runtime"]
 
     @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-    def test_base_image_is_pinned_slim_python_311(self, stage: Stage) -> None:
-        image, _, tag = stage.base.partition(":")
-        assert image == "python", stage.base
-        assert re.fullmatch(r"3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", tag), stage.base
+    def test_every_stage_starts_from_the_base_argument(self, stage: Stage) -> None:
+        # One base for all stages: the venv built in one runs on the Python of the other.
+        assert stage.base == "${BASE}", stage.base
+
+    def test_the_default_base_is_pinned_slim_python_311(self) -> None:
+        assert list(GLOBAL_ARGS) == ["BASE"], GLOBAL_ARGS
+        image, _, tag = GLOBAL_ARGS["BASE"].partition(":")
+        assert image == "python", GLOBAL_ARGS
+        assert re.fullmatch(r"3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", tag), GLOBAL_ARGS
 
     def test_runs_as_the_non_root_uid_10001(self) -> None:
         users = FINAL.all("USER")

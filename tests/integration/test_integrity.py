@@ -72,7 +72,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
         "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
         "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
         "TELERAD_STREAMS__INTEGRITY_CURSOR_PATH": str(tmp_path / "cursor.json"),
-        "TELERAD_STREAMS__SEGMENTS_TOPIC": topics["TELERAD_KAFKA__AUDIT_TOPIC"] + "-segments",
+        "TELERAD_STREAMS__SEGMENTS_TOPIC": "segments-" + topics["TELERAD_KAFKA__AUDIT_TOPIC"],
     }
     on_pacs = len(rest.get("/instances").json())
 

@@ -21,7 +21,14 @@ from broker.audit.sink import MemorySink
 from broker.config import Settings
 from broker.stack import services
 from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import ADMIN, BROKER, CONSUMER, client_kwargs, security_kwargs
+from broker.stack.kafka_cluster import (
+    ADMIN,
+    BROKER,
+    CONSUMER,
+    client_kwargs,
+    kafka_env,
+    security_kwargs,
+)
 from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
@@ -390,15 +397,18 @@ class TestTransfersDownstream:
         ]
         # the metadata and every frame, however the flushes fell
         assert sum(e.detail["requests"] for e in transfers) == 1 + len(instances)
-        bootstrap = stack.services["kafka"].endpoints["bootstrap"]
-        ledger = run_ledger(bootstrap, topic, tmp_path / "ledger.db", tmp_path / "key.pem")
+        kafka = stack.services["kafka"]
+        ledger = run_ledger(kafka, topic, tmp_path / "ledger.db", tmp_path / "key.pem")
         assert ledger.appended == len(events)
         leaves = {ledger.store.leaf(i)[0] for i in range(ledger.store.size())}
         assert {e.id for e in transfers} <= leaves
-        env = os.environ | {
-            "TELERAD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
-        }
+        env = (
+            os.environ
+            | kafka_env(kafka, CONSUMER)
+            | {
+                "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
+            }
+        )
         for fmt in ("fhir", "dicom"):
             command = ["audit", "export", "--format", fmt, "--idle-exit", "4"]
             done = subprocess.run(

@@ -49,8 +49,8 @@ bench: provision ## benchmarks against the real stack (BENCH_ARGS=--quick for a 
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 .PHONY: pytest
-pytest: provision ## the pytest suite (unit + integration against the real stack)
-	$(BIN)/pytest
+pytest: provision ## the pytest suite (unit + integration against the real stack, 3 Kafka nodes)
+	TELERAD_STACK_KAFKA_NODES=$${TELERAD_STACK_KAFKA_NODES:-3} $(BIN)/pytest
 
 .PHONY: test
 test: lint policy-check pytest ## README command: install, provision, lint, policy gates, all tests

@@ -53,8 +53,8 @@ CONTAINER_SUBSET := tests/containers tests/integration/test_identity.py \
 	tests/integration/test_links.py tests/integration/test_audit_stream.py
 
 .PHONY: pytest
-pytest: provision ## the pytest suite (unit + integration against the real stack, as processes)
-	$(BIN)/pytest --ignore=tests/containers
+pytest: provision ## the pytest suite (unit + integration against the real stack as processes, 3 Kafka nodes)
+	TELERAD_STACK_KAFKA_NODES=$${TELERAD_STACK_KAFKA_NODES:-3} $(BIN)/pytest --ignore=tests/containers
 
 .PHONY: test-containers
 test-containers: provision ## the image built and run, a subset on testcontainers (own dockerd if none answers)

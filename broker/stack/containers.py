@@ -29,6 +29,7 @@ from broker.stack import services
 from broker.stack._procs import ServiceStartError, free_port, log_tail, progress
 from broker.stack.engine import DockerEngine, engine_answers
 from broker.stack.images import Images
+from broker.stack.kafka_cluster import kafka_jvm
 from broker.stack.services import Service
 
 __all__ = ["ContainerBackend", "docker_engine_reachable", "selected"]
@@ -177,7 +178,7 @@ class ContainerBackend:
         home = self.run_dir / "kafka"
         cluster_id = services.prepare_kafka_home(home)
         config = str(home / "server.properties")
-        jvm = services.kafka_jvm("java", "/opt/kafka/libs/*", home)
+        jvm = kafka_jvm("java", "/opt/kafka/libs/*", home)
         fmt = [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", config]
         serve = [*jvm, "kafka.Kafka", config]
         bootstrap = services.kafka_bootstrap(home)

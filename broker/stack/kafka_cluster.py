@@ -37,6 +37,8 @@ __all__ = [
     "INTRUDER",
     "client_kwargs",
     "kafka_env",
+    "kafka_jvm",
+    "new_cluster_id",
     "security_kwargs",
     "start_kafka",
 ]
@@ -95,8 +97,9 @@ def _grants() -> list[AclGrant]:
 DEV_ACLS = _grants()
 
 
-def _jvm(home: Path) -> list[str]:
-    java = str(Path(provision.java_home(17)) / "bin" / "java")
+def kafka_jvm(java: str, classpath: str, home: Path) -> list[str]:
+    """The JVM command line a Kafka node runs with (its main class and arguments follow);
+    the process nodes here and the container backend's node alike."""
     return [
         java,
         "-Xms128m",
@@ -106,8 +109,21 @@ def _jvm(home: Path) -> list[str]:
         f"-Dlog4j2.configurationFile={home / 'log4j2.xml'}",
         f"-Dkafka.logs.dir={home}",
         "-cp",
-        provision.kafka_classpath(),
+        classpath,
     ]
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id the storage tool accepts (never starting with "-", read as an option)."""
+    cluster_id = "-"
+    while cluster_id.startswith("-"):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
+
+
+def _jvm(home: Path) -> list[str]:
+    java = str(Path(provision.java_home(17)) / "bin" / "java")
+    return kafka_jvm(java, provision.kafka_classpath(), home)
 
 
 def start_kafka(
@@ -160,9 +176,7 @@ def start_kafka(
                 scram += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         state_file.write_text(json.dumps(state, indent=2))
         state_file.chmod(0o600)
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # the storage tool would read "-..." as an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         progress(
             f"kafka: formatting KRaft storage of {nodes} node(s)"
             + (" with SCRAM users" if secure else "")

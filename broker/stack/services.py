@@ -8,11 +8,9 @@ returns a :class:`Service` that knows its endpoints and how to stop.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import httpx
 
 from broker.stack import provision
 from broker.stack._procs import ManagedProcess, ServiceStartError, free_port, progress
-from broker.stack.kafka_cluster import start_kafka
+from broker.stack.kafka_cluster import new_cluster_id, start_kafka
 
 __all__ = [
     "ORTHANC_PASSWORD",
@@ -70,31 +68,13 @@ def _resource(name: str) -> Path:
 # ------------------------------------------------- Kafka (the container backend's PLAINTEXT node)
 # The process backend's secured Kafka is broker.stack.kafka_cluster's; the container backend
 # runs one PLAINTEXT node from these.
-def kafka_jvm(java: str, classpath: str, home: Path) -> list[str]:
-    """The JVM command line Kafka runs with (its main class and arguments follow)."""
-    return [
-        java,
-        "-Xms128m",
-        "-Xmx512m",
-        "-XX:+UseSerialGC",  # two cores: a small heap with the serial collector starts fastest
-        "-XX:TieredStopAtLevel=1",
-        f"-Dlog4j2.configurationFile={home / 'log4j2.xml'}",
-        f"-Dkafka.logs.dir={home}",
-        "-cp",
-        classpath,
-    ]
-
-
 def prepare_kafka_home(home: Path) -> str:
     """A fresh ``home`` (config on new loopback ports, log config, empty data); the cluster id."""
     shutil.rmtree(home, ignore_errors=True)
     (home / "data").mkdir(parents=True)
     _write_kafka_config(home / "server.properties", home, free_port(), free_port())
     shutil.copy(_resource("kafka-log4j2.xml"), home / "log4j2.xml")
-    cluster_id = "-"
-    while cluster_id.startswith("-"):  # the storage tool would read "-..." as an option
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    return cluster_id
+    return new_cluster_id()
 
 
 def kafka_bootstrap(home: Path) -> str:

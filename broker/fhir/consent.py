@@ -232,25 +232,21 @@ async def record_consent(request: Request) -> Response:
         )
         context = RequestContext.of(request)
         # durable first (audit + control topics), then applied here, then answered
-        await state.audit.emit(
-            AuditEvent(
-                kind=EventKind.CONSENT_CHANGED,
-                outcome=Outcome.SUCCESS,
-                subject=principal.id,
-                issuer=principal.issuer,
-                roles=list(principal.roles),
-                action="record_consent",
-                client_ip=context.client_ip,
-                user_agent=context.user_agent,
-                detail=record.detail(),
-            )
+        changed = AuditEvent(
+            kind=EventKind.CONSENT_CHANGED,
+            outcome=Outcome.SUCCESS,
+            subject=principal.id,
+            issuer=principal.issuer,
+            roles=list(principal.roles),
+            action="record_consent",
+            client_ip=context.client_ip,
+            user_agent=context.user_agent,
+            detail=record.detail(),
         )
+        await state.audit.emit(changed)
     except TeleradError as exc:
         return _outcome_of(exc)
-    event_detail = record.detail()
-    state.consents.apply_event(
-        AuditEvent(kind=EventKind.CONSENT_CHANGED, outcome=Outcome.SUCCESS, detail=event_detail)
-    )
+    state.consents.apply_event(changed)  # the event every replica applies, applied here too
     state.revocations.changed("consent_patient", pseudonym)  # decision windows end here at once
     return JSONResponse(
         record.resource,
@@ -275,12 +271,14 @@ async def read_consent(request: Request, consent_id: str) -> Response:
 
 
 @router.get("/Consent", summary="A patient's recorded Consents")
-async def search_consent(request: Request, patient: str, facility: str) -> Response:
+async def search_consent(
+    request: Request, patient: str | None = None, facility: str | None = None
+) -> Response:
     state = state_of(request)
     try:
         if not patient or len(patient) > 64:
             raise BadRequest("patient must be the patient's id (≤ 64 characters).")
-        if not _FACILITY.match(facility):
+        if not facility or not _FACILITY.match(facility):
             raise BadRequest("facility must name the facility the Consents were recorded for.")
         await _authorized(request, facility, "view")
     except TeleradError as exc:

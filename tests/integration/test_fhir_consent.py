@@ -216,6 +216,10 @@ def test_who_may_not_record_consent_gets_an_operation_outcome(
         ),
         "not JSON": (fhir(a, "POST", "/Consent", registry_token(stack), content=b"{"), 400),
         "unknown id": (fhir(a, "GET", "/Consent/nope", registry_token(stack)), 404),
+        "search without facility": (
+            fhir(a, "GET", "/Consent", registry_token(stack), params={"patient": "SO-0001"}),
+            400,
+        ),
     }
     for name, (answer, status) in cases.items():
         assert answer.status_code == status, (name, answer.text)

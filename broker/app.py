@@ -49,6 +49,7 @@ from broker.pages.viewer import router as viewer_router
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
+from broker.upstream import RetryStaleAsyncTransport
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
 
@@ -195,7 +196,9 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=settings.readiness_timeout_seconds) as http:
+        async with httpx.AsyncClient(
+            timeout=settings.readiness_timeout_seconds, transport=RetryStaleAsyncTransport()
+        ) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()
             if isinstance(audit_sink, KafkaAuditSink):

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from broker.audit.events import AuditEvent, EventKind, Outcome
+from broker.upstream import RetryStaleTransport
 
 __all__ = [
     "Cursor",
@@ -78,7 +79,9 @@ class OrthancFeed:
     """The Orthanc REST API and its DICOMweb plugin, as the watcher and the sweep read them."""
 
     def __init__(self, url: str, auth: tuple[str, str] | None, *, name: str = "pacs") -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=60)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), auth=auth, timeout=60, transport=RetryStaleTransport()
+        )
         self.name = name
 
     def close(self) -> None:

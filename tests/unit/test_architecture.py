@@ -39,6 +39,7 @@ AUTHENTICATES_INSIDE = {
     "/",
     "/studies/{study_uid}",
     "/studies/{study_uid}/open",
+    "/signout",
     "/read/{token}/{route:path}",
     # FHIR answers its errors as OperationOutcome, so it calls current_principal itself
     "/fhir/Consent",

@@ -12,7 +12,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from broker.stack.stack import Stack
+from devstack.stack import Stack
 from tests.integration.conftest import Broker, LiveBroker
 from tests.integration.helpers import (
     EVE_TOTP_BASE32,
@@ -343,7 +343,7 @@ class TestIntrospection:
 
 class TestStepUp:
     async def test_browser_steps_up_with_acr_values(self, broker: Broker, stack: Stack) -> None:
-        from broker.stack.samples import sample_studies
+        from devstack.samples import sample_studies
         from tests.integration.helpers import form_action, totp
 
         vip = next(s for s in sample_studies() if s.key == "stolaf-mr-vip").study_uid

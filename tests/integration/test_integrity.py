@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.stack.kafka_cluster import CONSUMER, kafka_env
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import CONSUMER, kafka_env
+from devstack.stack import Stack
 from tests.integration.test_audit_stream import topics
 
 __all__ = ["topics"]  # the fixture, shared with the audit stream's tests

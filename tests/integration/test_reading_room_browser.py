@@ -25,10 +25,10 @@ from kafka import KafkaConsumer
 
 from broker.audit.cloudevents import from_record
 from broker.config import Settings
-from broker.stack import provision
-from broker.stack.kafka_cluster import CONSUMER, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack import provision
+from devstack.kafka_cluster import CONSUMER, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import EVE_TOTP_BASE32, PASSWORD, expired_link, totp
 

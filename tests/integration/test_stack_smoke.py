@@ -13,9 +13,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from opa_client import AsyncOpaClient
 from requests.auth import HTTPBasicAuth
 
-from broker.stack.kafka_cluster import ADMIN, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import ADMIN, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 

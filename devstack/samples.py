@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from broker.stack._procs import progress
-from broker.stack.services import Service
+from devstack._procs import progress
+from devstack.services import Service
 
 __all__ = ["SampleStudy", "build_instances", "load_samples", "sample_studies"]
 

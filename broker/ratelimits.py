@@ -77,13 +77,18 @@ def _lower(current: float, value: object) -> float:
 
 
 class TokenBuckets:
-    """Token buckets by key, for one process; safe to use from several threads."""
+    """Token buckets by key, for one process; safe to use from several threads.
+
+    Each bucket is kept as what was used and not yet refilled (a leaky bucket's level), not as
+    what is left: so a limit lowered by the policy counts what was already taken under the old
+    one, and a bucket's state never depends on the limit it was last read with.
+    """
 
     def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._max_keys = max_keys
         self._guard = threading.Lock()
-        # key → (tokens, when they were counted); most recently used last
+        # key → (tokens used and not refilled yet, when counted); most recently used last
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def take(self, key: str, limit: Limit, cost: float = 1.0) -> float:
@@ -92,40 +97,37 @@ class TokenBuckets:
         tokens (burst below it, or no refill) answers ``math.inf``."""
         with self._guard:
             now = self._clock()
-            tokens = self._tokens(key, limit, now)
-            if tokens >= cost:
-                self._store(key, tokens - cost, now)
+            used = self._used(key, limit, now)
+            if used + cost <= limit.burst:
+                self._store(key, used + cost, now)
                 return 0.0
-            self._store(key, tokens, now)
+            self._store(key, used, now)
             if cost > limit.burst or limit.per_second <= 0:
                 return math.inf
-            return (cost - tokens) / limit.per_second
+            return (used + cost - limit.burst) / limit.per_second
 
     def charge(self, key: str, limit: Limit, cost: float) -> None:
         """Take up to ``cost`` tokens, as many as there are (a penalty: never refused)."""
         with self._guard:
             now = self._clock()
-            self._store(key, max(0.0, self._tokens(key, limit, now) - cost), now)
+            used = self._used(key, limit, now)
+            self._store(key, max(used, min(limit.burst, used + cost)), now)
 
     def tokens(self, key: str, limit: Limit) -> float:
-        """The tokens ``key`` has now (``limit.burst`` for a key never seen)."""
+        """The tokens ``key`` has now under ``limit`` (``limit.burst`` for a key never seen)."""
         with self._guard:
-            return self._tokens(key, limit, self._clock())
+            return max(0.0, limit.burst - self._used(key, limit, self._clock()))
 
-    def _tokens(self, key: str, limit: Limit, now: float) -> float:
+    def _used(self, key: str, limit: Limit, now: float) -> float:
         stored = self._buckets.get(key)
         if stored is None:
-            return limit.burst
-        tokens, then = stored
-        return min(limit.burst, tokens + max(0.0, now - then) * limit.per_second)
+            return 0.0
+        used, then = stored
+        return max(0.0, used - max(0.0, now - then) * limit.per_second)
 
-    def _store(self, key: str, tokens: float, now: float) -> None:
-        self._buckets[key] = (tokens, now)
+    def _store(self, key: str, used: float, now: float) -> None:
+        self._buckets[key] = (used, now)
         self._buckets.move_to_end(key)
-        if len(self._buckets) > self._max_keys:
-            self._evict()
-
-    def _evict(self) -> None:
         # the least recently used go first; the newest (just stored) always stays
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)

@@ -32,13 +32,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def limited(broker_env: dict[str, str]) -> Iterator[LiveBroker]:
-    """A broker whose limits a test can reach quickly: 3 links at once, then one every 2 s;
-    4 login attempts at once, then one every 6 s; a failed callback costs 3 more."""
+    """A broker whose limits a test can reach quickly: 3 links at once, then one every 10 s;
+    4 login attempts at once, then one a minute; a failed callback costs 3 more."""
     tight = {
         "TELERAD_RATE_LIMITS__ISSUE_BURST": "3",
-        "TELERAD_RATE_LIMITS__ISSUE_PER_MINUTE": "30",
+        "TELERAD_RATE_LIMITS__ISSUE_PER_MINUTE": "6",
         "TELERAD_RATE_LIMITS__LOGIN_BURST": "4",
-        "TELERAD_RATE_LIMITS__LOGIN_PER_MINUTE": "10",
+        "TELERAD_RATE_LIMITS__LOGIN_PER_MINUTE": "1",
         "TELERAD_RATE_LIMITS__LOGIN_FAILURE_COST": "3",
     }
     with mock.patch.dict(os.environ, tight):
@@ -122,14 +122,18 @@ def test_bulk_issuance_is_refused_past_the_limit_then_allowed_again(
     assert len(studies) > 3
 
     # the thief's pattern: every study, one after another (allowed or not, each one counts)
+    started = time.monotonic()
     answers = [issue(limited, ada, study.study_uid) for study in studies]
+    elapsed = time.monotonic() - started
     statuses = [r.status_code for r in answers]
     assert all(s != 429 for s in statuses[:3]), statuses
-    assert statuses[3:] == [429] * (len(studies) - 3), statuses
-    refused = answers[3]
+    refilled = int(elapsed / 10)  # one token every 10 s came back while the loop ran
+    assert statuses.count(429) >= len(studies) - 3 - refilled, (statuses, elapsed)
+    assert statuses.count(429) > 0, (statuses, elapsed)
+    refused = next(r for r in answers if r.status_code == 429)
     assert refused.json()["error"] == "rate_limited", refused.text
     retry_after = int(refused.headers["retry-after"])
-    assert 1 <= retry_after <= 2, refused.headers
+    assert 1 <= retry_after <= 10, refused.headers
 
     # audited: the broker's own deny, reason rate_limited, for each refused request
     denials = [
@@ -137,19 +141,21 @@ def test_bulk_issuance_is_refused_past_the_limit_then_allowed_again(
         for e in limited.audit.events
         if e.kind is EventKind.DECISION and e.reasons == ["rate_limited"]
     ]
-    assert len(denials) == len(studies) - 3
+    assert len(denials) == statuses.count(429)
     assert {e.subject for e in denials} == {"npi:1000000001"}
     assert all(e.outcome is Outcome.DENY and e.action == "issue_link" for e in denials)
     metrics = httpx.get(f"{limited.url}/metrics", timeout=30).text
-    assert f'telerad_rate_limited_total{{scope="issue_link"}} {len(studies) - 3}.0' in metrics
+    assert f'telerad_rate_limited_total{{scope="issue_link"}} {len(denials)}.0' in metrics
 
     # another radiologist is not affected
     mercy = next(s for s in studies if s.key == "mercy-ct-head")  # ben's study
     theirs = issue(limited, ben, mercy.study_uid)
     assert theirs.status_code == 200, theirs.text
 
-    # once the advertised time has passed, one more link
-    time.sleep(retry_after)
+    # once the advertised time has passed, one more link, and only one
+    now_refused = issue(limited, ada, chest.study_uid)
+    assert now_refused.status_code == 429, now_refused.text
+    time.sleep(int(now_refused.headers["retry-after"]))
     again = issue(limited, ada, chest.study_uid)
     assert again.status_code == 200, again.text
     assert issue(limited, ada, chest.study_uid).status_code == 429
@@ -167,7 +173,7 @@ def test_login_attempts_from_one_address_are_limited(limited: LiveBroker) -> Non
     assert refused.status_code == 429, refused.text
     assert refused.headers["content-type"].startswith("text/html")
     assert "Too many sign-in attempts" in refused.text
-    assert 1 <= int(refused.headers["retry-after"]) <= 6
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
     events = [e for e in limited.audit.events if e.kind is EventKind.LOGIN_FAILED]
     assert [e.reasons for e in events][-1] == ["rate_limited"]
     assert events[-1].client_ip == "127.0.0.1"

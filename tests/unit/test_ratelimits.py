@@ -19,6 +19,7 @@ from broker.config import RateLimitSettings
 from broker.errors import RateLimited
 from broker.opa import Decision
 from broker.ratelimits import Limit, RateLimits, TokenBuckets, retry_after_header
+from streams.alerts import Alert, AlertDetector, AlertRules
 from tests.unit.fake_broker import ISS, READABLE, FakeBroker, fake_broker
 
 
@@ -224,6 +225,22 @@ class TestIssuance:
         )
         assert refused.decision_id is None  # the broker's own refusal: OPA was not asked
         assert _limited_count(broker, "issue_link") == 1
+
+    async def test_refused_issuances_still_count_toward_bulk_access(self) -> None:
+        """A thief held back by the limit keeps asking: the alert rule that contains them
+        sees every study asked for, refused or not."""
+        broker = fake_broker()
+        _tight(broker, issue_burst=1)
+        studies = [READABLE] + [f"1.2.826.0.1.3680043.10.1119.{i}" for i in range(2, 6)]
+        async with broker.client() as client:
+            for study in studies:
+                await client.post("/api/links", headers=broker.bearer(), json={"study_uid": study})
+        refused = [e for e in broker.audit.events if e.reasons == ["rate_limited"]]
+        assert len(refused) == len(studies) - 1
+        alerts: list[Alert] = []
+        rules = AlertRules(bulk_studies=len(studies), bulk_window_seconds=300)
+        AlertDetector(rules).handle(broker.audit.events, alerts.append)
+        assert [a.rule for a in alerts if a.rule == "bulk_access"] == ["bulk_access"]
 
     async def test_the_refusal_stays_a_429_when_the_audit_is_down(self) -> None:
         broker = fake_broker()

@@ -66,6 +66,15 @@ BROKER_WHATIFS = ("linger-0",)  # the broker as it is, but with no producer ling
 _NOISY = 25.0  # % of one core used outside the bench during a level: measure it again
 
 
+# The load phases send thousands of issuances and redemptions as one person, which the broker's
+# per-person rate limits exist to stop; they measure throughput, so they raise those limits.
+# The default limits' effect on a viewer is measured by tests/integration/test_rate_limits.py.
+LOAD_LIMITS = {
+    "TELERAD_RATE_LIMITS__ISSUE_BURST": "1000000000",
+    "TELERAD_RATE_LIMITS__REDEEM_BURST": "1000000000",
+}
+
+
 class Progress:
     """``[bench +12.3s] ...`` lines on stderr."""
 
@@ -367,7 +376,7 @@ class Bench:
         key = f"{workers}w" + (f" what-if {whatif}" if whatif else "")
         self.progress(f"starting the broker ({key})")
         broker = start_broker(
-            self.env,
+            self.env | LOAD_LIMITS,
             self.run_dir,
             workers=workers,
             log_name=f"broker-{key.replace(' ', '-')}",

@@ -47,6 +47,7 @@ from broker.pages.security import SecurityHeadersMiddleware
 from broker.pages.viewer import OhifFiles
 from broker.pages.viewer import router as viewer_router
 from broker.policy import PolicyEnforcer
+from broker.ratelimits import RateLimits
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
 from broker.upstream import RetryStaleAsyncTransport
@@ -232,6 +233,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     consents=consents,
                     windows=windows,
                     transfers=transfers,
+                    limits=RateLimits(settings.rate_limits),
                 )
                 transfers.start()
                 if listener is not None:

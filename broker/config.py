@@ -33,6 +33,7 @@ __all__ = [
     "LinkSettings",
     "OpaSettings",
     "PacsSettings",
+    "RateLimitSettings",
     "Settings",
     "StreamSettings",
     "check_environment",
@@ -178,6 +179,28 @@ class PacsSettings(_Section):
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
 
+class RateLimitSettings(_Section):
+    """Per-subject token buckets (``broker.ratelimits``), counted per replica.
+
+    A bucket holds ``*_burst`` requests and refills at ``*_per_minute``; with ``n`` replicas a
+    person gets at most ``n`` times these. Policy obligations (``rate_limit``) may lower them.
+    """
+
+    enabled: bool = True
+    # links one person may issue: a shift's worklist opened quickly, not a whole archive
+    issue_burst: Annotated[int, Field(ge=1)] = 30
+    issue_per_minute: Annotated[float, Field(gt=0)] = 2.0  # 120 studies an hour, sustained
+    # DICOMweb requests through links by one person: a viewer asks once per frame, so the
+    # burst holds a large study (a thin-slice CT: a few thousand frames) opened at once
+    redeem_burst: Annotated[int, Field(ge=1)] = 5000
+    redeem_per_minute: Annotated[float, Field(gt=0)] = 3000.0  # 50 requests a second, sustained
+    # login attempts (GET /auth/login and /auth/callback) by one client address
+    login_burst: Annotated[int, Field(ge=1)] = 30
+    login_per_minute: Annotated[float, Field(gt=0)] = 10.0
+    login_failure_cost: Annotated[int, Field(ge=0)] = 5  # a failed callback takes this many more
+    max_keys: Annotated[int, Field(ge=100)] = 100_000  # buckets kept per scope (LRU beyond)
+
+
 class StreamSettings(_Section):
     """The audit consumers (``telerad audit ...``)."""
 
@@ -240,6 +263,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()
     streams: StreamSettings = StreamSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
 
 
 # TELERAD_* variables that belong to the tooling, not to the broker's settings.

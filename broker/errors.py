@@ -6,6 +6,7 @@ TeleradError                      500 internal_error (never carries internals to
 ├── Forbidden                     403 forbidden
 ├── NotFound                      404 not_found
 ├── Gone                          410 gone
+├── RateLimited                   429 rate_limited (with Retry-After)
 ├── DependencyUnavailable         503 dependency_unavailable
 └── UpstreamError                 502 bad_gateway
 """
@@ -28,6 +29,7 @@ __all__ = [
     "Forbidden",
     "Gone",
     "NotFound",
+    "RateLimited",
     "StepUpRequired",
     "TeleradError",
     "Unauthenticated",
@@ -106,6 +108,20 @@ class Gone(TeleradError):
     """It existed and has expired."""
 
     status_code, code, message = 410, "gone", "This link has expired."
+
+
+class RateLimited(TeleradError):
+    """Too many requests from one person or address (``scope``: which limit); retry later."""
+
+    status_code, code, message = 429, "rate_limited", "Too many requests; please slow down."
+
+    def __init__(self, scope: str, retry_after: str) -> None:
+        super().__init__(
+            f"Too many requests ({scope}); try again in {retry_after} s.",
+            headers={"Retry-After": retry_after},
+        )
+        self.scope = scope
+        self.retry_after = retry_after
 
 
 class DependencyUnavailable(TeleradError):

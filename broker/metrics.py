@@ -48,5 +48,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rate_limited = Counter(
+            "telerad_rate_limited",
+            "Requests refused with 429 by a rate limit, by scope (issue_link, redeem, login).",
+            ["scope"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,6 +22,7 @@ from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
+from broker.ratelimits import RateLimits
 from broker.revocation import Revocations
 
 __all__ = ["AppState", "state_of"]
@@ -48,6 +49,7 @@ class AppState:
     consents: ConsentStore
     windows: DecisionWindows
     transfers: TransferLog
+    limits: RateLimits
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -36,6 +36,7 @@ from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import Decision, Reason
 from broker.policy import PolicyEnforcer
+from broker.ratelimits import RateLimits
 from broker.revocation import Revocations
 from broker.state import AppState
 
@@ -271,6 +272,7 @@ def fake_broker() -> FakeBroker:
         consents=ConsentStore(),
         windows=DecisionWindows(),
         transfers=TransferLog(audit),
+        limits=RateLimits(settings.rate_limits),
     )
     app = create_app(settings, audit=audit)
     app.state.telerad = state

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from broker import __version__
@@ -39,9 +38,10 @@ from broker.links.token import LinkCodec
 from broker.links.transfers import TransferLog
 from broker.links.window import DecisionWindows
 from broker.logs import configure_logging
-from broker.metrics import Metrics
+from broker.metrics import Metrics, metrics_server
 from broker.opa import OpaGateway
 from broker.openapi import BrokerAPI
+from broker.ops_server import OpsServer
 from broker.pages.routes import router as pages_router
 from broker.pages.security import SecurityHeadersMiddleware
 from broker.pages.viewer import OhifFiles
@@ -204,8 +204,11 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
             if isinstance(audit_sink, KafkaAuditSink):
                 await audit_sink.start()
             watcher: asyncio.Task[None] | None = None
+            exposition: OpsServer | None = None
             transfers = TransferLog(audit_sink, flush_seconds=settings.links.transfer_flush_seconds)
             try:
+                exposition = metrics_server(settings, metrics)
+                app.state.metrics_server = exposition  # its port, for tests that scrape it
                 bearer = BearerValidator(settings.identity, settings.issuers, http)
                 app.state.telerad = AppState(
                     settings=settings,
@@ -246,6 +249,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     await asyncio.to_thread(listener.stop)
                 await opa.close()
                 await audit_sink.close()
+                if exposition is not None:
+                    exposition.stop()
 
     app = BrokerAPI(
         title="telerad-broker",
@@ -287,10 +292,6 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/readyz",

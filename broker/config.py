@@ -219,6 +219,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Prometheus /metrics on a listener of its own (same host), never on ``port``: an Ingress
+    # on the broker's "/" cannot expose it. 0 picks a free port (tests); None serves no metrics.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 9464
     public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     log_level: str = "INFO"
     instance_id: str = Field(default_factory=socket.gethostname)  # ce_source, consumer groups

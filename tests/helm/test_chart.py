@@ -190,6 +190,12 @@ def _refusals() -> list[Any]:
         ),
         pytest.param(
             "minimal",
+            {"metrics": {"port": 8000}, "broker": {"port": 8000}},
+            "must differ from broker.port",
+            id="metrics-on-the-http-port",
+        ),
+        pytest.param(
+            "minimal",
             {"networkPolicy": {"egress": {"kafka": {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}}}},
             "allows everything",
             id="egress-allow-all-cidr",

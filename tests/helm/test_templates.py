@@ -401,7 +401,11 @@ class TestBrokerDeployment:
         assert "command" not in broker  # the image's ENTRYPOINT is `telerad`
         # In a pod the broker listens on the pod IP; only the NetworkPolicy reaches it.
         assert broker["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
-        assert broker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+        assert broker["ports"] == [
+            {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+            # /metrics listens on its own port (only the Service exposes it, when metrics.enabled)
+            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+        ]
 
     def test_probes(self, rendered: dict[str, Rendered]) -> None:
         broker = rendered["minimal"].container(rendered["minimal"].broker(), "broker")
@@ -577,14 +581,14 @@ class TestMetrics:
         assert not any(k.startswith("prometheus.io/") for k in annotations)
         assert "ServiceMonitor" not in rendered["production"].kinds()
 
-    def test_service_monitor_and_annotations_point_at_the_path(self, chart: Chart) -> None:
+    def test_service_monitor_and_annotations_point_at_the_metrics_port(self, chart: Chart) -> None:
         scraper = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]
         rendered = chart.template(
             "minimal",
             {
                 "metrics": {
                     "enabled": True,
-                    "path": "/internal/metrics",
+                    "port": 9500,
                     "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
                 },
                 "networkPolicy": {"ingress": {"metricsFrom": scraper}},
@@ -593,9 +597,26 @@ class TestMetrics:
         monitor = rendered.get("ServiceMonitor")
         assert monitor["metadata"]["labels"]["release"] == "kps"
         assert monitor["spec"]["endpoints"] == [
-            {"port": "http", "path": "/internal/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+            {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
         ]
         annotations = rendered.broker()["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/path"] == "/internal/metrics"
+        assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+            "9500",
+            "/metrics",
+        )
+        container = rendered.broker()["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": 9500, "protocol": "TCP"} in container["ports"]
+        ports = {p["name"]: p for p in rendered.get("Service", RELEASE)["spec"]["ports"]}
+        assert ports["metrics"]["targetPort"] == "metrics"
+        env = rendered.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert env["TELERAD_METRICS_PORT"] == "9500"
         ingress = rendered.get("NetworkPolicy", RELEASE)["spec"]["ingress"]
         assert [r["from"] for r in ingress][1] == scraper
+        assert ingress[1]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert ingress[0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+    def test_metrics_port_is_not_on_the_service_when_off(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        ports = [p["name"] for p in rendered["minimal"].get("Service", RELEASE)["spec"]["ports"]]
+        assert ports == ["http"]

@@ -542,6 +542,35 @@ class TestAuditConsumers:
             ],
         }
 
+    def test_probes_use_the_health_port(self, chart: Chart) -> None:
+        rendered = chart.template("production", {"audit": {"health": {"port": 8090}}})
+        consumers = [w for w in rendered.workloads() if w["metadata"]["name"] != RELEASE]
+        assert len(consumers) == 3
+        for workload in consumers:
+            container = _pod(workload)["containers"][0]
+            name = workload["metadata"]["name"]
+            assert container["ports"] == [
+                {"name": "health", "containerPort": 8090, "protocol": "TCP"}
+            ], name
+            assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+            assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+            env = _env(container)
+            assert env["TELERAD_STREAMS__HEALTH_PORT"] == "8090", name
+            assert env["TELERAD_STREAMS__HEALTH_HOST"] == "0.0.0.0", name  # noqa: S104
+
+    def test_the_backup_job_has_no_probes(self, chart: Chart) -> None:
+        rendered = chart.template(
+            "production",
+            {"audit": {"ledger": {"backup": {"enabled": True, "existingClaim": "backups"}}}},
+        )
+        jobs = [d for d in rendered.docs if d["kind"] == "CronJob"]
+        assert len(jobs) == 1
+        for job in jobs:
+            container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+            assert "livenessProbe" not in container
+            assert "TELERAD_STREAMS__HEALTH_PORT" not in _env(container)
+
     def test_each_runs_once(self, rendered: dict[str, Rendered]) -> None:
         for workload in rendered["production"].workloads():
             if workload["metadata"]["name"] != RELEASE:

@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI, Request
@@ -49,7 +50,16 @@ from broker.pages.viewer import router as viewer_router
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
+from broker.tracing import (
+    NO_FASTAPI_TELEMETRY,
+    TracingMiddleware,
+    TracingTransport,
+    configure_tracing,
+)
 from broker.upstream import RetryStaleAsyncTransport
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
 
@@ -158,10 +168,17 @@ async def _watch_policy_revision(state: AppState) -> None:
             log.warning("policy.revised not published; other replicas learn it themselves")
 
 
-def create_app(settings: Settings | None = None, *, audit: AuditSink | None = None) -> FastAPI:
-    """Build the broker application."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    audit: AuditSink | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> FastAPI:
+    """Build the broker application (``span_exporter``: where spans go instead of OTLP, when
+    ``settings.tracing.enabled``; tests pass an in-memory one)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    tracing = configure_tracing(settings.tracing, span_exporter)
     revocations = Revocations()
     consents = ConsentStore()
     pseudonym_key = _pseudonym_key(settings)
@@ -196,8 +213,11 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        transport: httpx.AsyncBaseTransport = RetryStaleAsyncTransport()
+        if tracing:
+            transport = TracingTransport(transport)  # PACS and IdP calls: spans, traceparent
         async with httpx.AsyncClient(
-            timeout=settings.readiness_timeout_seconds, transport=RetryStaleAsyncTransport()
+            timeout=settings.readiness_timeout_seconds, transport=transport
         ) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()
@@ -259,6 +279,10 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         docs_url=None,
         redoc_url=None,
         session_cookie=settings.identity.session_cookie,
+        # FastAPI's own OpenTelemetry spans are off: they record the raw path (link tokens,
+        # study UIDs) and the query, and log validation failures with their input values.
+        # broker/tracing.py names spans by route template only.
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -276,6 +300,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         session_cookie=settings.identity.session_cookie,
         hsts=str(settings.public_url).startswith("https://"),
     )
+    if tracing:
+        app.add_middleware(TracingMiddleware)  # outermost: the server span covers the rest
     app.include_router(pages_router)
     app.mount(
         "/_broker/static",

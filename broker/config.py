@@ -35,6 +35,7 @@ __all__ = [
     "PacsSettings",
     "Settings",
     "StreamSettings",
+    "TracingSettings",
     "check_environment",
     "get_settings",
 ]
@@ -216,6 +217,17 @@ class StreamSettings(_Section):
         }
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of the request path (``broker/tracing.py``); off by default."""
+
+    enabled: bool = False
+    # OTLP over HTTP (protobuf): a collector's traces endpoint
+    otlp_endpoint: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:4318/v1/traces")
+    service_name: str = "telerad-broker"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # of new traces; parents decide theirs
+    export_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+
 class Settings(BaseSettings):
     """Everything the broker reads from its environment; frozen after start-up."""
 
@@ -256,6 +268,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()
     streams: StreamSettings = StreamSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 # TELERAD_* variables that belong to the tooling, not to the broker's settings.

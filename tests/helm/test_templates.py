@@ -604,6 +604,69 @@ class TestAuditConsumers:
         assert {"name": "export", "emptyDir": {}} in _pod(export)["volumes"]
 
 
+class TestKafkaTopicsJob:
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        assert "Job" not in rendered["production"].kinds()
+
+    def test_hook_job_as_the_admin_user_with_the_broker_settings(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        mtls = rendered["strimzi-mtls"]
+        job = mtls.get("Job", f"{RELEASE}-kafka-topics")
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+        pod = _pod(job)
+        assert pod["restartPolicy"] == "Never"
+        assert pod["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in pod  # the release's does not exist at pre-install
+        container = pod["containers"][0]
+        assert container["args"] == ["kafka", "topics"]
+        assert "envFrom" not in container  # nor does the ConfigMap: the settings are inline
+        env = _env(container)
+        configmap = mtls.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert {k: env[k] for k in configmap} == configmap
+        assert env["TELERAD_KAFKA__SECURITY_PROTOCOL"] == "SSL"
+        assert env["TELERAD_KAFKA__SSL_CERT_FILE"].endswith("/user.crt")
+        user = [v for v in pod["volumes"] if v["name"] == "kafka-user"]
+        assert user and user[0]["secret"]["secretName"] == "telerad-topics"
+        policy = mtls.get("NetworkPolicy", f"{RELEASE}-kafka-topics")
+        assert policy["spec"]["ingress"] == []
+        assert "helm.sh/hook" not in policy["metadata"].get("annotations", {})
+
+    def test_dry_run(self, chart: Chart) -> None:
+        rendered = chart.template("strimzi-mtls", {"kafkaTopics": {"dryRun": True}})
+        job = rendered.get("Job", f"{RELEASE}-kafka-topics")
+        assert _pod(job)["containers"][0]["args"] == ["kafka", "topics", "--dry-run"]
+
+
+class TestTracing:
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        env = rendered["production"].get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert not [k for k in env if k.startswith("TELERAD_TRACING__")]
+
+    def test_on_with_its_collector_let_out(self, chart: Chart) -> None:
+        collector = [{"namespaceSelector": {"matchLabels": {"name": "observability"}}}]
+        endpoint = "http://otel-collector.observability:4318/v1/traces"
+        rendered = chart.template(
+            "minimal",
+            {
+                "config": {
+                    "tracing": {"enabled": True, "otlpEndpoint": endpoint, "sampleRatio": 0.25}
+                },
+                "networkPolicy": {"egress": {"otlp": {"to": collector}}},
+            },
+        )
+        env = rendered.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert (
+            env["TELERAD_TRACING__ENABLED"],
+            env["TELERAD_TRACING__OTLP_ENDPOINT"],
+            env["TELERAD_TRACING__SAMPLE_RATIO"],
+        ) == ("true", endpoint, "0.25")
+        egress = rendered.get("NetworkPolicy", RELEASE)["spec"]["egress"]
+        assert {"to": collector, "ports": [{"port": 4318, "protocol": "TCP"}]} in egress
+
+
 class TestMetrics:
     def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
         annotations = rendered["minimal"].broker()["spec"]["template"]["metadata"]["annotations"]

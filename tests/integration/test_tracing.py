@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker.app import create_app
@@ -42,6 +44,28 @@ def traced_env(broker_env: dict[str, str]) -> Iterator[dict[str, str]]:
     }
     with mock.patch.dict(os.environ, env):
         yield env
+
+
+def _read_all(stack: Stack, topic: str) -> list[Any]:
+    """Every record on ``topic`` now (assigned, from the beginning up to the end offsets)."""
+    consumer = KafkaConsumer(**client_kwargs(stack.services["kafka"], CONSUMER))
+    try:
+        deadline = time.monotonic() + 60
+        while not (numbers := consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"{topic} has no partitions"
+            time.sleep(0.5)
+        partitions = [TopicPartition(topic, p) for p in numbers]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"{topic}: read {len(records)} records only"
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
 
 
 def _trace_id(traceparent: str) -> int:
@@ -88,16 +112,7 @@ async def test_link_issuance_is_one_trace(stack: Stack, traced_env: dict[str, st
         assert STUDY["stolaf-ct-chest"] not in text, span.name
         assert link_token not in text, span.name
 
-    consumer = KafkaConsumer(
-        topic,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=8000,
-        **client_kwargs(stack.services["kafka"], CONSUMER),
-    )
-    try:
-        records = list(consumer)
-    finally:
-        consumer.close()
+    records = _read_all(stack, topic)
     assert records, "nothing on the audit topic"
     for record in records:
         headers = dict(record.headers)

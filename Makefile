@@ -58,7 +58,7 @@ pytest: provision ## the pytest suite (unit + integration against the real stack
 
 .PHONY: test-containers
 test-containers: provision ## the image built and run, a subset on testcontainers (own dockerd if none answers)
-	TELERAD_STACK_BACKEND=testcontainers $(BIN)/pytest $(CONTAINER_SUBSET)
+	TELERAD_STACK_BACKEND=testcontainers TELERAD_STACK_IMAGES=$${TELERAD_STACK_IMAGES:-local} $(BIN)/pytest $(CONTAINER_SUBSET)
 
 .PHONY: test
 test: lint policy-check pytest test-containers ## README command: install, provision, lint, policy gates, all tests

@@ -8,12 +8,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from broker import __version__
@@ -39,9 +39,10 @@ from broker.links.token import LinkCodec
 from broker.links.transfers import TransferLog
 from broker.links.window import DecisionWindows
 from broker.logs import configure_logging
-from broker.metrics import Metrics
+from broker.metrics import Metrics, metrics_server
 from broker.opa import OpaGateway
 from broker.openapi import BrokerAPI
+from broker.ops_server import OpsServer
 from broker.pages.routes import router as pages_router
 from broker.pages.security import SecurityHeadersMiddleware
 from broker.pages.viewer import OhifFiles
@@ -50,7 +51,16 @@ from broker.policy import PolicyEnforcer
 from broker.ratelimits import RateLimits
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
+from broker.tracing import (
+    NO_FASTAPI_TELEMETRY,
+    TracingMiddleware,
+    TracingTransport,
+    configure_tracing,
+)
 from broker.upstream import RetryStaleAsyncTransport
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
 
@@ -159,10 +169,17 @@ async def _watch_policy_revision(state: AppState) -> None:
             log.warning("policy.revised not published; other replicas learn it themselves")
 
 
-def create_app(settings: Settings | None = None, *, audit: AuditSink | None = None) -> FastAPI:
-    """Build the broker application."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    audit: AuditSink | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> FastAPI:
+    """Build the broker application (``span_exporter``: where spans go instead of OTLP, when
+    ``settings.tracing.enabled``; tests pass an in-memory one)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    tracing = configure_tracing(settings.tracing, span_exporter)
     revocations = Revocations()
     consents = ConsentStore()
     pseudonym_key = _pseudonym_key(settings)
@@ -197,16 +214,22 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        transport: httpx.AsyncBaseTransport = RetryStaleAsyncTransport()
+        if tracing:
+            transport = TracingTransport(transport)  # PACS and IdP calls: spans, traceparent
         async with httpx.AsyncClient(
-            timeout=settings.readiness_timeout_seconds, transport=RetryStaleAsyncTransport()
+            timeout=settings.readiness_timeout_seconds, transport=transport
         ) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()
             if isinstance(audit_sink, KafkaAuditSink):
                 await audit_sink.start()
             watcher: asyncio.Task[None] | None = None
+            exposition: OpsServer | None = None
             transfers = TransferLog(audit_sink, flush_seconds=settings.links.transfer_flush_seconds)
             try:
+                exposition = metrics_server(settings, metrics)
+                app.state.metrics_server = exposition  # its port, for tests that scrape it
                 bearer = BearerValidator(settings.identity, settings.issuers, http)
                 app.state.telerad = AppState(
                     settings=settings,
@@ -248,6 +271,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     await asyncio.to_thread(listener.stop)
                 await opa.close()
                 await audit_sink.close()
+                if exposition is not None:
+                    exposition.stop()
 
     app = BrokerAPI(
         title="telerad-broker",
@@ -256,6 +281,10 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         docs_url=None,
         redoc_url=None,
         session_cookie=settings.identity.session_cookie,
+        # FastAPI's own OpenTelemetry spans are off: they record the raw path (link tokens,
+        # study UIDs) and the query, and log validation failures with their input values.
+        # broker/tracing.py names spans by route template only.
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -273,6 +302,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         session_cookie=settings.identity.session_cookie,
         hsts=str(settings.public_url).startswith("https://"),
     )
+    if tracing:
+        app.add_middleware(TracingMiddleware)  # outermost: the server span covers the rest
     app.include_router(pages_router)
     app.mount(
         "/_broker/static",
@@ -289,10 +320,6 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/readyz",

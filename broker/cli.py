@@ -34,14 +34,17 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         check_environment()
         settings = Settings()
+        # the command line's host and port win; the metrics listener binds the same host
+        overrides = {"host": args.host, "port": args.port}
+        settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         app = create_app(settings)
     except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"telerad: configuration error: {_config_message(exc)}", file=sys.stderr)
         return 2
     uvicorn.run(
         app,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
+        host=settings.host,
+        port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -36,6 +36,7 @@ __all__ = [
     "RateLimitSettings",
     "Settings",
     "StreamSettings",
+    "TracingSettings",
     "check_environment",
     "get_settings",
 ]
@@ -224,6 +225,30 @@ class StreamSettings(_Section):
     # telerad integrity watch: its place in the PACS's change feed (written after each ack)
     integrity_cursor_path: Path = Path("integrity/cursor.json")
     integrity_sweep_per_second: Annotated[float, Field(gt=0)] = 50.0
+    # Each consumer's /healthz (the loop turns) and /readyz (Kafka answers; lag) for probes;
+    # None: no health listener (the chart sets one per consumer pod).
+    health_host: str = "127.0.0.1"
+    health_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    health_stale_seconds: Annotated[float, Field(gt=0)] = 60.0  # no loop turn for this long: dead
+
+    def health_options(self) -> dict[str, Any]:
+        """The ``ConsumerRunner`` arguments that serve this consumer's health."""
+        return {
+            "health_host": self.health_host,
+            "health_port": self.health_port,
+            "health_stale_seconds": self.health_stale_seconds,
+        }
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces of the request path (``broker/tracing.py``); off by default."""
+
+    enabled: bool = False
+    # OTLP over HTTP (protobuf): a collector's traces endpoint
+    otlp_endpoint: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:4318/v1/traces")
+    service_name: str = "telerad-broker"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # of new traces; parents decide theirs
+    export_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
 
 
 class Settings(BaseSettings):
@@ -242,6 +267,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Prometheus /metrics on a listener of its own (same host), never on ``port``: an Ingress
+    # on the broker's "/" cannot expose it. 0 picks a free port (tests); None (in code): none.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 9464
     public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     log_level: str = "INFO"
     instance_id: str = Field(default_factory=socket.gethostname)  # ce_source, consumer groups
@@ -264,6 +292,7 @@ class Settings(BaseSettings):
     pacs: PacsSettings = PacsSettings()
     streams: StreamSettings = StreamSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 # TELERAD_* variables that belong to the tooling, not to the broker's settings.

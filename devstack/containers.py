@@ -2,7 +2,8 @@
 
 Selected by ``TELERAD_STACK_BACKEND=testcontainers`` (a private engine is started when none is
 reachable, see :mod:`devstack.engine`), or by ``auto`` (the default) when an engine already
-answers. The images are built here (:mod:`devstack.images`): no registry is needed.
+answers. The images are the projects' public ones where they can be pulled, else built here
+(:mod:`devstack.images`, ``TELERAD_STACK_IMAGES``): no registry is needed.
 ``TELERAD_STACK_IMAGE_<PART>`` (``KAFKA``, ``OPA``, ``KEYCLOAK``, ``ORTHANC``) names another
 image instead, which must have the same layout (``/opt/kafka/libs`` and ``java``; ``opa``;
 ``/opt/keycloak``; ``Orthanc`` with the DICOMweb plugin on Debian's path).
@@ -19,16 +20,17 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from devstack import services
+from devstack import provision, services
 from devstack._procs import ServiceStartError, free_port, log_tail, progress
 from devstack.engine import DockerEngine, engine_answers
-from devstack.images import Images
+from devstack.images import PUBLIC_OPA, PUBLIC_ORTHANC_DICOMWEB, Images, is_public
 from devstack.kafka_cluster import kafka_jvm
 from devstack.services import Service
 
@@ -204,7 +206,6 @@ class ContainerBackend:
         url = f"http://127.0.0.1:{port}"
         build = ["opa", "build", "--bundle", "bundle-src", "-o", "policy-bundle.tar.gz"]
         serve = [
-            "opa",
             "run",
             "--server",
             f"--addr=127.0.0.1:{port}",
@@ -214,12 +215,14 @@ class ContainerBackend:
             "--bundle",
             "policy-bundle.tar.gz",
         ]
-        container = self._run(
-            "opa",
-            ["sh", "-c", f"{shlex.join(build)} && exec {shlex.join(serve)}"],
-            mounts={home: "rw"},
-            workdir=home,
-        )
+        if is_public(self.image("opa")):
+            # OPA's own image has no shell: the bundle is built here, with the cache's opa
+            build[0] = str(provision.go_tool("opa"))
+            subprocess.run(build, cwd=home, check=True, capture_output=True)
+            command = [PUBLIC_OPA, *serve]
+        else:
+            command = ["sh", "-c", f"{shlex.join(build)} && exec opa {shlex.join(serve)}"]
+        container = self._run("opa", command, mounts={home: "rw"}, workdir=home)
         log = self._wait("opa", container, lambda: services.http_ok(f"{url}/health"), timeout=60)
         return self._wrap("opa", container, {"url": url}, log)
 
@@ -258,7 +261,10 @@ class ContainerBackend:
         (home / "db").mkdir(parents=True)
         port = free_port()
         config = home / "orthanc.json"
-        config.write_text(json.dumps(services.orthanc_config(home, port), indent=2))
+        settings = services.orthanc_config(home, port)
+        if is_public(self.image("orthanc")):
+            settings["Plugins"] = [PUBLIC_ORTHANC_DICOMWEB]  # not Debian's path there
+        config.write_text(json.dumps(settings, indent=2))
         url = f"http://127.0.0.1:{port}"
         auth = (services.ORTHANC_USER, services.ORTHANC_PASSWORD)
         container = self._run(

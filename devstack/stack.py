@@ -165,6 +165,8 @@ class Stack:
             "TELERAD_ENVIRONMENT": "development",
             # The loopback stack speaks plain HTTP, where a Secure cookie would never come back.
             "TELERAD_IDENTITY__SESSION_COOKIE_SECURE": "false",
+            # /metrics on a free loopback port (9464 may be another checkout's on this machine)
+            "TELERAD_METRICS_PORT": "0",
         }
         if kafka := self.services.get("kafka"):
             env |= kafka_env(kafka, BROKER)

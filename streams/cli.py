@@ -85,6 +85,7 @@ def _ledger(args: argparse.Namespace) -> int:
             dead_letter_topic=cfg.dead_letter_topic,
             with_origin=True,
             client_config=security_config(settings.kafka),
+            **cfg.health_options(),
         )
         runner.install_signal_handlers()
         _progress(runner)
@@ -174,6 +175,7 @@ def _alerts(args: argparse.Namespace) -> int:
         handler=handle,
         dead_letter_topic=settings.streams.dead_letter_topic,
         client_config=security_config(settings.kafka),
+        **cfg.health_options(),
     )
     runner.install_signal_handlers()
     _progress(runner)
@@ -485,9 +487,17 @@ def _feed(settings: Settings) -> Any:
 def _integrity_watch(args: argparse.Namespace) -> int:
     from broker.audit.cloudevents import to_record
     from broker.audit.kafka import make_producer, security_config
+    from streams.health import ConsumerHealth, KafkaView, health_server
     from streams.integrity import Cursor, watch
 
     settings = _settings()
+    cfg = settings.streams
+    health = ConsumerHealth("integrity", stale_seconds=cfg.health_stale_seconds)
+    server = (
+        health_server(health, cfg.health_host, cfg.health_port)
+        if cfg.health_port is not None
+        else None
+    )
     producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
     stopping = threading.Event()
     import signal
@@ -502,8 +512,18 @@ def _integrity_watch(args: argparse.Namespace) -> int:
             sent.append(
                 producer.send(settings.kafka.audit_topic, key=key, value=value, headers=headers)
             )
-        for future in sent:
-            future.get(timeout=30)  # durable before the cursor moves past them
+        try:
+            for future in sent:
+                future.get(timeout=30)  # durable before the cursor moves past them
+        except Exception:
+            health.observe(KafkaView(ok=False, detail="Kafka did not acknowledge"))
+            raise
+
+    def stop() -> bool:
+        # called once per turn of the watch, after the PACS's feed answered
+        health.beat()
+        health.observe(KafkaView(ok=True, detail="following the PACS's change feed"))
+        return stopping.is_set()
 
     def progress(line: str) -> None:
         print(f"[telerad integrity watch] {line}", file=sys.stderr, flush=True)
@@ -514,11 +534,13 @@ def _integrity_watch(args: argparse.Namespace) -> int:
             feed,
             emit,
             Cursor.load(settings.streams.integrity_cursor_path),
-            stop=stopping.is_set,
+            stop=stop,
             idle_exit_seconds=args.idle_exit,
             progress=progress,
         )
     finally:
+        if server is not None:
+            server.stop()
         feed.close()
         producer.close(5)
     print(json.dumps({"backfilled": stats.backfilled, "recorded": stats.recorded}))

@@ -114,6 +114,7 @@ def run_export(settings: Settings, args: argparse.Namespace) -> int:
             handler=exporter.handle,
             dead_letter_topic=settings.streams.dead_letter_topic,
             client_config=security_config(settings.kafka),
+            **settings.streams.health_options(),
         )
         runner.install_signal_handlers()
         stats = runner.run(idle_exit_seconds=args.idle_exit)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from broker.tracing import current_traceparent
 
 __all__ = ["AuditEvent", "EventKind", "Outcome"]
 
@@ -64,6 +66,12 @@ class AuditEvent(BaseModel):
     session_id: str | None = None
     link_id: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    # W3C Trace Context of the span the event was recorded in (CloudEvents distributed-tracing
+    # extension; on Kafka also the ce_traceparent header); None when tracing is off
+    traceparent: (
+        Annotated[str, StringConstraints(pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
+        | None
+    ) = Field(default_factory=current_traceparent)
 
     @property
     def type(self) -> str:

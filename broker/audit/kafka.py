@@ -23,9 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind
+
 from broker.audit.cloudevents import to_record
 from broker.audit.events import AuditEvent
 from broker.audit.sink import AuditUnavailable
+from broker.tracing import tracer
 
 if TYPE_CHECKING:
     from broker.config import KafkaSettings
@@ -187,6 +190,19 @@ class KafkaAuditSink:
     async def emit_many(self, events: Sequence[AuditEvent]) -> None:
         """Return once Kafka acknowledged every one of ``events`` (handed to the producer
         together, so they share a batch and one round trip); :class:`AuditUnavailable` if not."""
+        with tracer().start_as_current_span(
+            f"{self._topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": self._topic,
+                "messaging.batch.message_count": len(events),
+            },
+        ):
+            await self._emit_many(events)
+
+    async def _emit_many(self, events: Sequence[AuditEvent]) -> None:
         loop = asyncio.get_running_loop()
         records: list[_Record] = []
         for event in events:

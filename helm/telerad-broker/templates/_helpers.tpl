@@ -178,6 +178,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $ctx := .ctx -}}
 {{- $kafka := include "telerad.kafkaAuth" (list $ctx "kafkaConsumers") | fromJson -}}
 {{- $env := concat (.env | default list) $kafka.env -}}
+{{- $health := $ctx.Values.audit.health -}}
+{{- if .probes -}}
+{{- /* the kubelet probes the pod IP: the health listener binds every interface */ -}}
+{{- $env = concat $env (list (dict "name" "TELERAD_STREAMS__HEALTH_HOST" "value" "0.0.0.0") (dict "name" "TELERAD_STREAMS__HEALTH_PORT" "value" (toString $health.port))) -}}
+{{- end -}}
 {{- $mounts := concat (.mounts | default list) $kafka.mounts -}}
 {{- $volumes := concat (.volumes | default list) $kafka.volumes -}}
 {{- $cfg := index $ctx.Values.audit .name -}}
@@ -227,6 +232,34 @@ spec:
       imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
       args:
         {{- toYaml .args | nindent 8 }}
+      {{- if .probes }}
+      # /healthz: the consumer loop turns; /readyz: Kafka answers, partitions are assigned, the
+      # last batch did not fail (its body reports the lag). streams/health.py.
+      ports:
+        - name: health
+          containerPort: {{ $health.port }}
+          protocol: TCP
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: health
+        periodSeconds: 5
+        failureThreshold: 24
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: health
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 3
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: health
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 3
+      {{- end }}
       envFrom:
         - configMapRef:
             name: {{ include "telerad.envConfigMap" $ctx }}

@@ -49,6 +49,7 @@ from broker.pages.viewer import router as viewer_router
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
+from broker.tls import pacs_async_transport, pacs_mount, pacs_verify
 from broker.upstream import RetryStaleAsyncTransport
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
@@ -118,6 +119,16 @@ def _audit_sink(settings: Settings) -> AuditSink:
     return LogSink()
 
 
+def _check_pacs_transport(settings: Settings) -> None:
+    """Refuse plain HTTP to the PACS in production, and unreadable TLS files anywhere."""
+    if settings.pacs.plaintext and settings.environment == "production":
+        raise ValueError(
+            "TELERAD_PACS__URL is http:// and not allowed in production: images and patient "
+            "data would cross the network unencrypted and the PACS would be unauthenticated"
+        )
+    pacs_verify(settings.pacs)  # loads the CA bundle and client certificate now, not mid-request
+
+
 def _state(app: FastAPI) -> AppState:
     state: AppState = app.state.telerad
     return state
@@ -167,6 +178,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     pseudonym_key = _pseudonym_key(settings)
     links = LinkCodec(link_keyring(settings))
     metrics = Metrics()
+    _check_pacs_transport(settings)
     audit_sink: AuditSink = audit or _audit_sink(settings)
     windows = DecisionWindows()
     revocations.add_listener(windows.on_change)
@@ -196,8 +208,11 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # one client; requests to the PACS's origin go through its TLS (CA bundle, client cert)
         async with httpx.AsyncClient(
-            timeout=settings.readiness_timeout_seconds, transport=RetryStaleAsyncTransport()
+            timeout=settings.readiness_timeout_seconds,
+            transport=RetryStaleAsyncTransport(),
+            mounts={pacs_mount(settings.pacs): pacs_async_transport(settings.pacs)},
         ) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()

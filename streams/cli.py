@@ -470,6 +470,7 @@ def _prove(args: argparse.Namespace) -> int:
 
 
 def _feed(settings: Settings) -> Any:
+    from broker.tls import pacs_sync_transport
     from streams.integrity import OrthancFeed
 
     pacs = settings.pacs
@@ -479,7 +480,8 @@ def _feed(settings: Settings) -> Any:
         if pacs.username and pacs.password
         else None
     )
-    return OrthancFeed(rest, auth)
+    # the same TLS as the broker's DICOMweb client: CA bundle, client certificate, host name
+    return OrthancFeed(rest, auth, transport=pacs_sync_transport(pacs))
 
 
 def _integrity_watch(args: argparse.Namespace) -> int:

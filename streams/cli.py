@@ -611,7 +611,12 @@ def add_audit_commands(sub: Any) -> None:
     export = consumer("export", _export, "export audit events for auditors and SIEMs")
     export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
     export.add_argument("--syslog", metavar="HOST:PORT", help="send to a syslog endpoint")
-    export.add_argument("--protocol", choices=["udp", "tcp"], default="tcp")
+    export.add_argument(
+        "--protocol",
+        choices=["udp", "tcp", "tls"],
+        default="tcp",
+        help="tls: RFC 5425 (port 6514), verified with TELERAD_STREAMS__SYSLOG_TLS__*",
+    )
 
     verify = cmds.add_parser("verify", help="recompute the ledger and check every signed head")
     verify.add_argument("--public-key", help="the ledger's public key (PEM); default: <key>.pub")

@@ -27,6 +27,13 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 @dataclass(frozen=True)
 class Leaf:
     """A certificate the CA signed, with its private key."""
@@ -94,8 +101,11 @@ class DevCa:
         path.write_bytes(self.cert_pem())
         return path
 
-    def issue(self, cn: str, *, server: bool) -> Leaf:
-        """A leaf for ``cn``: client use always, server use (and loopback names) if ``server``."""
+    def issue(
+        self, cn: str, *, server: bool, names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    ) -> Leaf:
+        """A leaf for ``cn``: client use always; server use if ``server``, for ``names`` (host
+        names and IP addresses, by default the loopback ones)."""
         now = dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] * server)
@@ -112,9 +122,6 @@ class DevCa:
         )
         if server:  # clients verify the host name: the loopback address and its name
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
+                x509.SubjectAlternativeName([_alt_name(n) for n in names]), critical=False
             )
         return Leaf(builder.sign(self.key, hashes.SHA256()), key)

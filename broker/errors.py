@@ -151,6 +151,11 @@ def install_error_handlers(app: FastAPI) -> None:
             and "text/html" in request.headers.get("accept", "")
         ):
             return RedirectResponse(exc.login_url, status_code=303)  # a browser: back to the IdP
+        if isinstance(exc, UpstreamError) and exc.__cause__ is not None:
+            # for the operator, one line, no stack trace (e.g. the PACS's certificate refused);
+            # the client gets the generic answer only
+            cause = exc.__cause__
+            log.warning("PACS unavailable: %s: %s", type(cause).__name__, str(cause)[:300])
         login_url = exc.login_url if isinstance(exc, StepUpRequired) else None
         body = _body(exc.code, exc.detail, login_url or None)
         return JSONResponse(body, exc.status_code, headers=exc.headers)

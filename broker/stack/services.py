@@ -32,6 +32,7 @@ __all__ = [
     "OrthancHome",
     "OrthancTls",
     "Service",
+    "orthanc_broker_env",
     "orthanc_client",
     "orthanc_ssl_context",
     "orthanc_tls_settings",
@@ -307,6 +308,25 @@ def orthanc_tls_settings(orthanc: Service, *, client_cert: bool = True) -> Clien
         cert_file=path("client_cert") if mutual else None,
         key_file=path("client_key") if mutual else None,
     )
+
+
+def orthanc_broker_env(orthanc: Service, *, client_cert: bool = True) -> dict[str, str]:
+    """``TELERAD_PACS__*`` for a broker that reads this Orthanc: URL, credentials, its CA and,
+    when it requires one (and ``client_cert``), the client certificate."""
+    env = {
+        "TELERAD_PACS__URL": orthanc.endpoints["dicomweb"],
+        "TELERAD_PACS__USERNAME": str(orthanc.extra["user"]),
+        "TELERAD_PACS__PASSWORD": str(orthanc.extra["password"]),
+    }
+    tls = orthanc_tls_settings(orthanc, client_cert=client_cert)
+    for name, value in (
+        ("CA_FILE", tls.ca_file),
+        ("CERT_FILE", tls.cert_file),
+        ("KEY_FILE", tls.key_file),
+    ):
+        if value is not None:
+            env[f"TELERAD_PACS__TLS__{name}"] = str(value)
+    return env
 
 
 def orthanc_client(orthanc: Service, **options: Any) -> httpx.Client:

@@ -183,17 +183,7 @@ class Stack:
         if opa := self.services.get("opa"):
             env["TELERAD_OPA__URL"] = opa.endpoints["url"]
         if orthanc := self.services.get("orthanc"):
-            env["TELERAD_PACS__URL"] = orthanc.endpoints["dicomweb"]
-            env["TELERAD_PACS__USERNAME"] = str(orthanc.extra["user"])
-            env["TELERAD_PACS__PASSWORD"] = str(orthanc.extra["password"])
-            tls = services.orthanc_tls_settings(orthanc)
-            for name, value in (
-                ("CA_FILE", tls.ca_file),
-                ("CERT_FILE", tls.cert_file),
-                ("KEY_FILE", tls.key_file),
-            ):
-                if value is not None:
-                    env[f"TELERAD_PACS__TLS__{name}"] = str(value)
+            env |= services.orthanc_broker_env(orthanc)
             env["TELERAD_FACTS_FILE"] = str(self._write_facts())
         if keycloak := self.services.get("keycloak"):
             env["TELERAD_ISSUERS"] = json.dumps(

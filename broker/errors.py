@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from broker.upstream import error_text
+
 __all__ = [
     "BadRequest",
     "DependencyUnavailable",
@@ -154,8 +156,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, UpstreamError) and exc.__cause__ is not None:
             # for the operator, one line, no stack trace (e.g. the PACS's certificate refused);
             # the client gets the generic answer only
-            cause = exc.__cause__
-            log.warning("PACS unavailable: %s: %s", type(cause).__name__, str(cause)[:300])
+            log.warning("PACS unavailable: %s", error_text(exc.__cause__, 300))
         login_url = exc.login_url if isinstance(exc, StepUpRequired) else None
         body = _body(exc.code, exc.detail, login_url or None)
         return JSONResponse(body, exc.status_code, headers=exc.headers)

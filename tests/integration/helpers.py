@@ -154,6 +154,9 @@ def orthanc_dicomweb(orthanc: Service) -> DICOMwebClient:
     )
     if orthanc.extra.get("ca_file"):
         session.verify = str(orthanc.extra["ca_file"])
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify; loopback
+        # needs neither proxies nor netrc from the environment
+        session.trust_env = False
     if orthanc.extra.get("tls") == "mutual":
         session.cert = (str(orthanc.extra["client_cert"]), str(orthanc.extra["client_key"]))
     return DICOMwebClient(url=orthanc.endpoints["dicomweb"], session=session)

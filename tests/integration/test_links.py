@@ -333,7 +333,7 @@ class TestPacsDown:
 
         from broker.stack._procs import free_port
 
-        dead = f"http://127.0.0.1:{free_port()}/dicom-web"
+        dead = f"https://127.0.0.1:{free_port()}/dicom-web"  # nobody listens there
         os.environ["TELERAD_PACS__URL"] = dead
         return broker_env | {"TELERAD_PACS__URL": dead}
 

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 CACHE ?= $(HOME)/.cache/telerad
 GO_TOOLS := opa,regal,helm
 export OPA := $(CACHE)/bin/opa-v1.22.3
-export REGAL := $(CACHE)/bin/regal-$(shell sed -n 's/^REGAL_VERSION = "\(.*\)"/\1/p' broker/stack/provision.py)
+export REGAL := $(CACHE)/bin/regal-$(shell sed -n 's/^REGAL_VERSION = "\(.*\)"/\1/p' devstack/provision.py)
 
 .PHONY: help
 help: ## list the targets

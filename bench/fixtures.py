@@ -22,7 +22,7 @@ from broker.dicomweb.facts import FactsCatalog, StudyFacts, StudyFactsSource
 from broker.identity.bearer import BearerValidator
 from broker.identity.principal import Principal
 from broker.policy import PolicyEnforcer, RequestContext
-from broker.stack.samples import sample_studies
+from devstack.samples import sample_studies
 
 __all__ = [
     "ADA",
@@ -40,7 +40,7 @@ __all__ = [
 
 ADA = "ada"  # npi:1000000001, hospital-a: assigned to the St Olaf chest CT, may download
 _REALM = "hospital-a"
-# Dev-only values from broker/stack/resources/keycloak/hospital-a.json (loopback stack only).
+# Dev-only values from devstack/resources/keycloak/hospital-a.json (loopback stack only).
 _API_CLIENT = "telerad-api"
 _API_SECRET = "dev-api-secret-a"  # noqa: S105
 _PASSWORD = "dev-password"  # noqa: S105

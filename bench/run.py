@@ -129,7 +129,7 @@ class Bench:
 
     def start_stack(self) -> None:
         """Start Kafka, OPA, Keycloak and Orthanc (the stack's own progress lines follow)."""
-        from broker.stack.stack import Stack
+        from devstack.stack import Stack
 
         self.progress("starting the stack (Kafka, OPA, Keycloak, Orthanc)")
         # The audit-emit benchmarks hand their clients only --bootstrap (and the confluent-kafka

@@ -11,6 +11,7 @@ telerad kafka topics [--dry-run]   print the topics plan (partitions, replicatio
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -58,8 +59,22 @@ def _config_message(exc: Exception) -> str:
     return str(exc)
 
 
+def _no_devstack() -> bool:
+    """Whether the dev stack is absent (it ships with a checkout, never in the image)."""
+    if importlib.util.find_spec("devstack") is not None:
+        return False
+    print(
+        "telerad stack: the dev stack is not part of this installation; "
+        "run it from a source checkout (make run)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _provision(args: argparse.Namespace) -> int:
-    from broker.stack import provision
+    if _no_devstack():
+        return 2
+    from devstack import provision
 
     tools = tuple(t for t in args.tools.split(",") if t)
     provision.ensure_all(tools=tools)
@@ -71,9 +86,11 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from broker.stack import provision
-    from broker.stack._procs import ManagedProcess, free_port, progress
-    from broker.stack.stack import DEV_USERS, PARTS, Stack
+    if _no_devstack():
+        return 2
+    from devstack import provision
+    from devstack._procs import ManagedProcess, free_port, progress
+    from devstack.stack import DEV_USERS, PARTS, Stack
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     parts = tuple(p for p in args.parts.split(",") if p) if args.parts else PARTS

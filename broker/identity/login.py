@@ -2,7 +2,8 @@
 
     GET  /auth/login?idp=<name>&next=/path   → the IdP (acr_values, max_age for step-up)
     GET  /auth/callback                      → a fresh session, then back to ``next``
-    GET  /auth/logout                        → session revoked here, then RP-initiated logout
+    GET  /auth/logout                        → the sign-out page (a GET changes nothing)
+    POST /auth/logout                        → session revoked here, then RP-initiated logout
     POST /auth/backchannel-logout            ← the IdP (OIDC Back-Channel Logout 1.0)
 
 authlib's Starlette client keeps ``state``, ``nonce`` and the PKCE verifier in ``request.session``,
@@ -31,6 +32,7 @@ from broker.identity.bearer import TokenRejected, claims_to_principal, string_li
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META, session_fits
 from broker.openapi import error_responses, redirect_response
+from broker.pages.security import CSRF_FIELD, check_csrf
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
@@ -264,23 +266,64 @@ def _merge_id_token(principal: Principal, userinfo: dict[str, Any]) -> Principal
 
 @router.get(
     "/logout",
+    summary="Ask before signing out",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        also={
+            303: redirect_response(
+                "To the sign-out page (a form that posts here), or, signed out, the start page."
+            ),
+        },
+    ),
+)
+async def logout_page(request: Request) -> Response:
+    """A GET changes nothing: a link or an image on another site cannot sign a reader out."""
+    signed_in = principal_from_session(request) is not None
+    return RedirectResponse("/signout" if signed_in else "/", status_code=303)
+
+
+@router.post(
+    "/logout",
     summary="End the session here and at the IdP",
     status_code=303,
     response_class=RedirectResponse,
     responses=error_responses(
+        400,
+        403,
         503,
         also={
             302: redirect_response("Signed out here: on to the IdP's end-session endpoint."),
             303: redirect_response("Signed out (or never signed in): to the start page."),
         },
     ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {CSRF_FIELD: {"type": "string"}},
+                        "required": [CSRF_FIELD],
+                    }
+                }
+            },
+        }
+    },
 )
 async def logout(request: Request) -> Response:
+    """Sign out: the form of the sign-out page, with this session's CSRF token."""
     state = state_of(request)
     principal = principal_from_session(request)
-    request.session.clear()
     if principal is None:
+        request.session.clear()
         return RedirectResponse("/", status_code=303)
+    async with request.form(max_files=0, max_fields=2, max_part_size=4096) as form:
+        submitted = form.get(CSRF_FIELD)
+    if not check_csrf(request, submitted):
+        raise BadRequest("This sign-out form has expired: open the sign-out page again.")
+    request.session.clear()
     revoke_until = time.time() + state.settings.identity.session_absolute_seconds
     base = {
         "subject": principal.id,

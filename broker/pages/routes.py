@@ -150,6 +150,15 @@ async def home(request: Request) -> Response:
     return render(request, "worklist.html", principal=principal, rows=rows)
 
 
+@router.get("/signout", response_class=HTMLResponse)
+async def signout_page(request: Request) -> Response:
+    """Sign out, confirmed with a form (a GET signs nobody out)."""
+    principal = await _principal(request)
+    if principal is None:
+        return RedirectResponse("/", status_code=303)
+    return render(request, "signout.html", principal=principal)
+
+
 @router.get("/studies/lookup")
 async def lookup(uid: str = "") -> Response:
     """The worklist's find-a-study form: to that study's page (which decides what it shows)."""

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.stack.provision import cache_dir, go_tool
+from devstack.provision import cache_dir, go_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "telerad-broker"

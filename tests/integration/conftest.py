@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from broker.app import create_app
 from broker.audit import MemorySink
 from broker.config import Settings
-from broker.stack._procs import free_port
-from broker.stack.stack import Stack
+from devstack._procs import free_port
+from devstack.stack import Stack
 
 
 @dataclass

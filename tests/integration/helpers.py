@@ -18,9 +18,9 @@ from dicomweb_client.session_utils import create_session_from_auth
 from requests.auth import HTTPBasicAuth
 
 from broker.links.token import LinkClaims
-from broker.stack.services import Service
+from devstack.services import Service
 
-# Dev-only values from broker/stack/resources/keycloak/*.json.
+# Dev-only values from devstack/resources/keycloak/*.json.
 PASSWORD = "dev-password"
 API_SECRETS = {"hospital-a": "dev-api-secret-a", "hospital-b": "dev-api-secret-b"}
 EVE_TOTP_BASE32 = "ORSWYZLSMFSC2ZDFOYWWK5TFFV2G65DQ"
@@ -96,7 +96,7 @@ async def browser_login(
 
 def keycloak_admin(base_url: str) -> dict[str, str]:
     """Headers for Keycloak's admin API (the stack's dev-only bootstrap admin)."""
-    from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
+    from devstack.services import KEYCLOAK_ADMIN_PASSWORD
 
     response = httpx.post(
         f"{base_url}/realms/master/protocol/openid-connect/token",

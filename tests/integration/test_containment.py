@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from broker.config import Settings
-from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import CONSUMER, RESPONDER, kafka_env
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack._procs import free_port
+from devstack.kafka_cluster import CONSUMER, RESPONDER, kafka_env
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 from streams.ledger_store import LedgerStore
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.stack.kafka_cluster import CONSUMER, kafka_env
-from broker.stack.services import orthanc_client
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import CONSUMER, kafka_env
+from devstack.services import orthanc_client
+from devstack.stack import Stack
 from tests.integration.test_audit_stream import topics
 
 __all__ = ["topics"]  # the fixture, shared with the audit stream's tests

@@ -28,11 +28,11 @@ from kafka import KafkaConsumer
 
 from broker.audit.kafka_admin import admin_client, alter_topics
 from broker.config import Settings
-from broker.stack import services
-from broker.stack.kafka_cluster import ADMIN, BROKER, CONSUMER, client_kwargs, kafka_env
-from broker.stack.samples import sample_studies
-from broker.stack.services import Service
-from broker.stack.stack import Stack
+from devstack import services
+from devstack.kafka_cluster import ADMIN, BROKER, CONSUMER, client_kwargs, kafka_env
+from devstack.samples import sample_studies
+from devstack.services import Service
+from devstack.stack import Stack
 from tests.integration.conftest import serve
 from tests.integration.helpers import password_token
 

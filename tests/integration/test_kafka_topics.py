@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from broker.app import create_app
 from broker.audit.kafka_admin import admin_client, describe_topic
 from broker.config import Settings
-from broker.stack.kafka_cluster import ADMIN, BROKER, client_kwargs, kafka_env
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import ADMIN, BROKER, client_kwargs, kafka_env
+from devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 

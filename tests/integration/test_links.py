@@ -13,9 +13,9 @@ from dicomweb_client.api import DICOMwebClient
 from broker.identity.principal import Principal
 from broker.links.endpoints import subject_binding
 from broker.links.token import LinkClaims
-from broker.stack.samples import sample_studies
-from broker.stack.services import orthanc_client
-from broker.stack.stack import Stack
+from devstack.samples import sample_studies
+from devstack.services import orthanc_client
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker
 from tests.integration.helpers import orthanc_dicomweb, password_token, transfer_records
 
@@ -331,7 +331,7 @@ class TestPacsDown:
     def broker_env(self, broker_env: dict[str, str]) -> dict[str, str]:
         import os
 
-        from broker.stack._procs import free_port
+        from devstack._procs import free_port
 
         dead = f"https://127.0.0.1:{free_port()}/dicom-web"  # nobody listens there
         os.environ["TELERAD_PACS__URL"] = dead

@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 
 from broker.app import create_app
 from broker.config import Settings
-from broker.stack import services
-from broker.stack.pki import DevCa
-from broker.stack.samples import load_samples
-from broker.stack.services import Service
-from broker.stack.stack import Stack
+from devstack import services
+from devstack.pki import DevCa
+from devstack.samples import load_samples
+from devstack.services import Service
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker
 from tests.integration.test_links import STUDY, issue, token
 

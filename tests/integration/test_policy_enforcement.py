@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.stack import services
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack, repo_root
+from devstack import services
+from devstack.samples import sample_studies
+from devstack.stack import Stack, repo_root
 from tests.integration.conftest import Broker
 from tests.integration.helpers import EVE_TOTP_BASE32, browser_login, password_token
 

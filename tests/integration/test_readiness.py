@@ -12,9 +12,9 @@ from httpx import Response
 
 from broker.app import create_app
 from broker.config import Settings
-from broker.stack import services
-from broker.stack.services import Service
-from broker.stack.stack import Stack, repo_root
+from devstack import services
+from devstack.services import Service
+from devstack.stack import Stack, repo_root
 
 pytestmark = pytest.mark.integration
 

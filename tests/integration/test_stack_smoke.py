@@ -11,9 +11,9 @@ from dicomweb_client.api import DICOMwebClient
 from kafka import KafkaConsumer, KafkaProducer
 from opa_client import AsyncOpaClient
 
-from broker.stack.kafka_cluster import ADMIN, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import ADMIN, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 from tests.integration.helpers import orthanc_dicomweb
 
 pytestmark = pytest.mark.integration

@@ -33,7 +33,8 @@ REVOKE = "/api/links/{link_id}/revoke"
 ERRORS: dict[tuple[str, str], set[int]] = {
     ("GET", "/auth/login"): {400, 503},
     ("GET", "/auth/callback"): {400, 503},
-    ("GET", "/auth/logout"): {503},
+    ("GET", "/auth/logout"): set(),
+    ("POST", "/auth/logout"): {400, 403, 503},
     ("POST", "/auth/backchannel-logout"): {400, 503},
     ("GET", "/api/me"): {401},
     ("POST", "/api/decisions"): {400, 401, 403, 404, 502, 503},
@@ -52,6 +53,7 @@ OTHER_BODIES = {
 }
 BCL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 EVIL = {"Origin": "https://evil.test"}
+CSRF = "c" * 43
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +139,8 @@ async def _callback_idp_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Respo
 
 async def _logout_audit_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
     b.audit.fail = True
-    c.cookies.update(b.session())
-    return await c.get("/auth/logout")
+    c.cookies.update(b.session(csrf=CSRF))
+    return await c.post("/auth/logout", data={"csrf": CSRF})
 
 
 async def _backchannel_audit_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
@@ -230,7 +232,9 @@ PROVOKE: dict[tuple[str, str, int], Provoke] = {
     ("GET", "/auth/login", 503): _down("idp", _get("/auth/login")),
     ("GET", "/auth/callback", 400): _get("/auth/callback"),
     ("GET", "/auth/callback", 503): _callback_idp_down,
-    ("GET", "/auth/logout", 503): _logout_audit_down,
+    ("POST", "/auth/logout", 400): _post("/auth/logout", session=True, data={"csrf": "stale"}),
+    ("POST", "/auth/logout", 403): _post("/auth/logout", session=True, headers=EVIL, data={}),
+    ("POST", "/auth/logout", 503): _logout_audit_down,
     ("POST", "/auth/backchannel-logout", 400): _post("/auth/backchannel-logout", data={}),
     ("POST", "/auth/backchannel-logout", 503): _backchannel_audit_down,
     ("GET", "/api/me", 401): _get("/api/me"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.stack import images
+from devstack import images
 
 
 class TestContext:

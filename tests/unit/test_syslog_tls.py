@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from broker.config import ClientTlsSettings
-from broker.stack.pki import DevCa
 from broker.tls import client_ssl_context
+from devstack.pki import DevCa
 from streams.formats import SyslogSender, to_syslog
 
 

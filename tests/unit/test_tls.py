@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from broker.app import create_app
 from broker.config import ClientTlsSettings, PacsSettings, Settings
-from broker.stack.pki import DevCa
 from broker.tls import client_ssl_context, pacs_mount, pacs_verify
+from devstack.pki import DevCa
 
 KEY = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
 

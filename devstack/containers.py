@@ -1,8 +1,8 @@
 """The stack's parts as containers (testcontainers) on a Docker engine, with host networking.
 
 Selected by ``TELERAD_STACK_BACKEND=testcontainers`` (a private engine is started when none is
-reachable, see :mod:`broker.stack.engine`), or by ``auto`` (the default) when an engine already
-answers. The images are built here (:mod:`broker.stack.images`): no registry is needed.
+reachable, see :mod:`devstack.engine`), or by ``auto`` (the default) when an engine already
+answers. The images are built here (:mod:`devstack.images`): no registry is needed.
 ``TELERAD_STACK_IMAGE_<PART>`` (``KAFKA``, ``OPA``, ``KEYCLOAK``, ``ORTHANC``) names another
 image instead, which must have the same layout (``/opt/kafka/libs`` and ``java``; ``opa``;
 ``/opt/keycloak``; ``Orthanc`` with the DICOMweb plugin on Debian's path).
@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.stack import services
-from broker.stack._procs import ServiceStartError, free_port, log_tail, progress
-from broker.stack.engine import DockerEngine, engine_answers
-from broker.stack.images import Images
-from broker.stack.kafka_cluster import kafka_jvm
-from broker.stack.services import Service
+from devstack import services
+from devstack._procs import ServiceStartError, free_port, log_tail, progress
+from devstack.engine import DockerEngine, engine_answers
+from devstack.images import Images
+from devstack.kafka_cluster import kafka_jvm
+from devstack.services import Service
 
 __all__ = ["ContainerBackend", "docker_engine_reachable", "selected"]
 
@@ -192,7 +192,7 @@ class ContainerBackend:
         return service
 
     def _opa(self, root: Path) -> Service:
-        from broker.stack.stack import _revision
+        from devstack.stack import _revision
 
         home = self.run_dir / "opa"
         policy_paths = [root / "policies" / "telerad", root / "policies" / "data"]

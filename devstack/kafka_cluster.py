@@ -6,7 +6,7 @@ Secured, the node has three listeners:
 * ``INTERNAL`` (SSL, client certificate required): inter-broker traffic, and mutual-TLS clients;
 * ``CONTROLLER`` (SSL, client certificate required): the KRaft quorum.
 
-The CA and certificates are made at start (:mod:`broker.stack.kafka_tls`); the SCRAM users are
+The CA and certificates are made at start (:mod:`devstack.kafka_tls`); the SCRAM users are
 created when storage is formatted (``--add-scram``), with random passwords kept in the run
 directory; KRaft's ``StandardAuthorizer`` enforces the ACLs in :data:`DEV_ACLS` (nothing is
 allowed that is not granted). ``secure=False`` (``TELERAD_STACK_KAFKA_PLAINTEXT=1``) keeps the
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit.kafka_admin import AclGrant, admin_client, create_acls
-from broker.stack import provision
-from broker.stack._procs import ManagedProcess, free_port, progress
-from broker.stack.kafka_tls import NODE_CN, make_pki
+from devstack import provision
+from devstack._procs import ManagedProcess, free_port, progress
+from devstack.kafka_tls import NODE_CN, make_pki
 
 __all__ = [
     "ADMIN",
@@ -141,7 +141,7 @@ def start_kafka(
     on new ports (with new certificates and passwords); otherwise the cluster in ``run_dir`` is
     started again with its data (a restart, as after an outage).
     """
-    from broker.stack.services import Service
+    from devstack.services import Service
 
     home = run_dir / "kafka"
     state_file = home / "stack-state.json"  # ports, passwords: dev-only, in the run directory

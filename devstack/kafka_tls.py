@@ -5,7 +5,7 @@ use: the nodes present it to each other and to the controller listener, which re
 certificates) and, for mutual-TLS clients, one per client principal. The node's key store is
 PKCS#12 (Kafka's PEM key stores insist on an encrypted PKCS#8 key, and Java 17 cannot read the
 PBES2 encryption ``cryptography`` writes there), with a random password that only the run
-directory holds; the CA (:class:`broker.stack.pki.DevCa`, shared with the stack's Orthanc) is a
+directory holds; the CA (:class:`devstack.pki.DevCa`, shared with the stack's Orthanc) is a
 PEM trust store.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from broker.stack.pki import DevCa
+from devstack.pki import DevCa
 
 __all__ = ["NODE_CN", "KafkaPki", "make_pki"]
 

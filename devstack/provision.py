@@ -5,7 +5,7 @@ a missing cache only costs time. Each step prints progress, because a cold machi
 here: Go builds (OPA, Regal, Helm) from the Go module proxy, Kafka and Keycloak from Maven
 Central, the OHIF viewer's prebuilt ``dist/`` from npm, Orthanc, Chromium, ``dockerd`` and
 ``debootstrap`` from Debian (the container images' root filesystem is made later, on first use,
-by :mod:`broker.stack.images`).
+by :mod:`devstack.images`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from broker.pages.ohif_package import (
     integrity_of,
     unpack_dist,
 )
-from broker.stack._procs import progress
+from devstack._procs import progress
 
 __all__ = [
     "HELM_VERSION",
@@ -286,7 +286,7 @@ def container_tools() -> None:
     """Debian's ``dockerd`` (package ``docker.io``) and ``debootstrap``, installed if missing.
 
     The container tests start a private engine with them where none answers and build every
-    image from a debootstrap root filesystem (:mod:`broker.stack.engine`, :mod:`~.images`).
+    image from a debootstrap root filesystem (:mod:`devstack.engine`, :mod:`~.images`).
     """
     missing = [
         package

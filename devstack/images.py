@@ -5,7 +5,7 @@
   ``<cache>/images/``, loaded with ``docker import``, then given this machine's extra CA
   certificates (``/usr/local/share/ca-certificates``: builds go out through the same egress as
   the host). The broker's ``Dockerfile`` builds ``FROM`` it with ``--build-arg BASE=...``.
-* The **stack's parts** (``broker/stack/resources/images/*.Dockerfile``), each ``FROM`` the base:
+* The **stack's parts** (``devstack/resources/images/*.Dockerfile``), each ``FROM`` the base:
   Kafka (Debian's JRE 17, the jars resolved from Maven Central), OPA (the binary built from the
   Go module proxy), Keycloak (its Maven Central distribution, and the JDK >= 21 the process
   backend runs it on, since bookworm has none), Orthanc (Debian's ``orthanc`` and
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from broker.stack import provision
-from broker.stack._procs import progress
+from devstack import provision
+from devstack._procs import progress
 
 __all__ = [
     "BASE_PACKAGES",

@@ -7,17 +7,17 @@ For each part the backend is chosen automatically, and reported:
   ``TELERAD_STACK_ORTHANC_URL`` with ``TELERAD_STACK_ORTHANC_USER``/``_PASSWORD``);
 * ``testcontainers`` with ``TELERAD_STACK_BACKEND=testcontainers`` (or ``auto`` when a Docker
   engine answers): the part runs in a container built here, on that engine or on a private one
-  the stack starts and stops (see :mod:`broker.stack.containers`);
+  the stack starts and stops (see :mod:`devstack.containers`);
 * ``process`` otherwise: the part is provisioned into the cache and run as a local process.
   (With a Docker engine present, ``TELERAD_STACK_BACKEND=testcontainers`` selects containers;
-  see :mod:`broker.stack.containers`.)
+  see :mod:`devstack.containers`.)
 
-The process backend's Kafka is secured (TLS, SCRAM, ACLs; :mod:`broker.stack.kafka_cluster`)
+The process backend's Kafka is secured (TLS, SCRAM, ACLs; :mod:`devstack.kafka_cluster`)
 unless ``TELERAD_STACK_KAFKA_PLAINTEXT=1``; external and container Kafkas are PLAINTEXT. It has
 one node, or ``TELERAD_STACK_KAFKA_NODES`` (``telerad stack up --kafka-nodes 3``).
 
 Orthanc (process and container backends) serves HTTPS with a certificate from a CA made at start
-(:func:`broker.stack.services.prepare_orthanc_home`); the broker's environment carries that CA
+(:func:`devstack.services.prepare_orthanc_home`); the broker's environment carries that CA
 (``TELERAD_PACS__TLS__CA_FILE``). ``TELERAD_STACK_ORTHANC_MTLS=1`` makes it require a client
 certificate too (the broker's is passed), ``TELERAD_STACK_ORTHANC_PLAINTEXT=1`` keeps plain HTTP.
 An external Orthanc's CA is ``TELERAD_STACK_ORTHANC_CA_FILE`` (none: the system's trust store).
@@ -33,16 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.stack import containers, services
-from broker.stack._procs import progress
-from broker.stack.kafka_cluster import BROKER, CONSUMER, kafka_env
-from broker.stack.services import Service
+from devstack import containers, services
+from devstack._procs import progress
+from devstack.kafka_cluster import BROKER, CONSUMER, kafka_env
+from devstack.services import Service
 
 __all__ = ["DEV_USERS", "PARTS", "Stack", "kafka_plaintext", "repo_root"]
 
 PARTS = ("kafka", "opa", "keycloak", "orthanc")
 
-# Dev-only client secrets, matching broker/stack/resources/keycloak/*.json.
+# Dev-only client secrets, matching devstack/resources/keycloak/*.json.
 _REALMS = {
     "hospital-a": "dev-broker-secret-a",
     "hospital-b": "dev-broker-secret-b",
@@ -50,13 +50,13 @@ _REALMS = {
 
 
 # Who `make run` tells a new user to sign in as (the realms' dev users; kept out of the image with
-# the rest of broker/stack).
+# the rest of devstack).
 DEV_USERS = "a dev user: ada, ben or eve (password dev-password; eve's one-time code: README)"
 
 
 def repo_root() -> Path:
     """The checkout this package lives in (the stack serves the repo's own policies)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]
 
 
 def kafka_plaintext() -> bool:
@@ -141,7 +141,7 @@ class Stack:
             stack.stop()
             raise errors[0]
         if "orthanc" in stack.services:
-            from broker.stack.samples import load_samples
+            from devstack.samples import load_samples
 
             load_samples(stack.services["orthanc"])
         progress(
@@ -202,7 +202,7 @@ class Stack:
 
 
 def _facts_catalog() -> dict[str, object]:
-    from broker.stack.samples import sample_studies
+    from devstack.samples import sample_studies
 
     studies = sample_studies()
     return {

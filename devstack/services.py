@@ -1,7 +1,7 @@
 """The dev/test stack's services as local processes: Kafka (in :mod:`.kafka_cluster`), OPA,
 Keycloak, Orthanc.
 
-Each ``start_*`` function provisions what it needs (see :mod:`broker.stack.provision`), starts the
+Each ``start_*`` function provisions what it needs (see :mod:`devstack.provision`), starts the
 service on free loopback ports with its log under the run directory, waits until it answers, and
 returns a :class:`Service` that knows its endpoints and how to stop.
 """
@@ -20,11 +20,11 @@ from typing import Any, Literal
 import httpx
 
 from broker.config import ClientTlsSettings
-from broker.stack import provision
-from broker.stack._procs import ManagedProcess, ServiceStartError, free_port, progress
-from broker.stack.kafka_cluster import new_cluster_id, start_kafka
-from broker.stack.pki import DevCa
 from broker.tls import client_ssl_context
+from devstack import provision
+from devstack._procs import ManagedProcess, ServiceStartError, free_port, progress
+from devstack.kafka_cluster import new_cluster_id, start_kafka
+from devstack.pki import DevCa
 
 __all__ = [
     "ORTHANC_PASSWORD",
@@ -78,7 +78,7 @@ def _resource(name: str) -> Path:
 
 
 # ------------------------------------------------- Kafka (the container backend's PLAINTEXT node)
-# The process backend's secured Kafka is broker.stack.kafka_cluster's; the container backend
+# The process backend's secured Kafka is devstack.kafka_cluster's; the container backend
 # runs one PLAINTEXT node from these.
 def prepare_kafka_home(home: Path) -> str:
     """A fresh ``home`` (config on new loopback ports, log config, empty data); the cluster id."""

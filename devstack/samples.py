@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.stack._procs import progress
-from broker.stack.services import Service, orthanc_client
+from devstack._procs import progress
+from devstack.services import Service, orthanc_client
 
 __all__ = ["SampleStudy", "build_instances", "load_samples", "sample_studies"]
 

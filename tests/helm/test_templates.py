@@ -534,7 +534,7 @@ class TestAuditConsumers:
                 "--syslog",
                 "siem.hospital.example:6514",
                 "--protocol",
-                "tcp",
+                "tls",
             ],
         }
 

@@ -145,6 +145,10 @@ class Bench:
         # variant speaks librdkafka's config), so the bench's Kafka stays PLAINTEXT: TLS and
         # SCRAM costs are not measured here yet. TELERAD_STACK_KAFKA_PLAINTEXT=0 overrides.
         os.environ.setdefault("TELERAD_STACK_KAFKA_PLAINTEXT", "1")
+        # Likewise Orthanc: the bench's own HTTP client (bench.httpload) speaks no TLS, and the
+        # figures so far compare plain HTTP on both sides. TELERAD_STACK_ORTHANC_PLAINTEXT=0
+        # runs it over HTTPS (the bench's httpx clients would then need the stack's CA).
+        os.environ.setdefault("TELERAD_STACK_ORTHANC_PLAINTEXT", "1")
         self.stack = Stack.start(run_dir=self.run_dir / "stack")
         self.env = self.stack.broker_env()
         for name, service in self.stack.services.items():

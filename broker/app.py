@@ -51,6 +51,7 @@ from broker.policy import PolicyEnforcer
 from broker.ratelimits import RateLimits
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
+from broker.tls import pacs_async_transport, pacs_mount, pacs_verify
 from broker.tracing import (
     NO_FASTAPI_TELEMETRY,
     TracingMiddleware,
@@ -129,6 +130,16 @@ def _audit_sink(settings: Settings) -> AuditSink:
     return LogSink()
 
 
+def _check_pacs_transport(settings: Settings) -> None:
+    """Refuse plain HTTP to the PACS in production, and unreadable TLS files anywhere."""
+    if settings.pacs.plaintext and settings.environment == "production":
+        raise ValueError(
+            "TELERAD_PACS__URL is http:// and not allowed in production: images and patient "
+            "data would cross the network unencrypted and the PACS would be unauthenticated"
+        )
+    pacs_verify(settings.pacs)  # loads the CA bundle and client certificate now, not mid-request
+
+
 def _state(app: FastAPI) -> AppState:
     state: AppState = app.state.telerad
     return state
@@ -185,6 +196,7 @@ def create_app(
     pseudonym_key = _pseudonym_key(settings)
     links = LinkCodec(link_keyring(settings))
     metrics = Metrics()
+    _check_pacs_transport(settings)
     audit_sink: AuditSink = audit or _audit_sink(settings)
     windows = DecisionWindows()
     revocations.add_listener(windows.on_change)
@@ -215,10 +227,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         transport: httpx.AsyncBaseTransport = RetryStaleAsyncTransport()
-        if tracing:
-            transport = TracingTransport(transport)  # PACS and IdP calls: spans, traceparent
+        # requests to the PACS's origin go through its TLS (CA bundle, client certificate)
+        pacs_transport: httpx.AsyncBaseTransport = pacs_async_transport(settings.pacs)
+        if tracing:  # PACS and IdP calls: spans, traceparent
+            transport = TracingTransport(transport)
+            pacs_transport = TracingTransport(pacs_transport)
         async with httpx.AsyncClient(
-            timeout=settings.readiness_timeout_seconds, transport=transport
+            timeout=settings.readiness_timeout_seconds,
+            transport=transport,
+            mounts={pacs_mount(settings.pacs): pacs_transport},
         ) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()

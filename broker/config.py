@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "ClaimMapping",
+    "ClientTlsSettings",
     "IdentitySettings",
     "IssuerSettings",
     "KafkaSettings",
@@ -171,13 +172,57 @@ class KafkaSettings(_Section):
         return self
 
 
-class PacsSettings(_Section):
-    """The PACS's DICOMweb service (Orthanc's plugin in dev)."""
+class ClientTlsSettings(_Section):
+    """How a TLS client verifies its server and, optionally, proves who it is (mutual TLS).
 
-    url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8042/dicom-web")
+    The server's certificate is always verified, host name included: against ``ca_file`` (a PEM
+    bundle, e.g. a mounted Secret) or, without it, the system's trust store. ``cert_file`` and
+    ``key_file`` (PEM) go together and are presented when the server asks for a client
+    certificate. Built into an ``ssl.SSLContext`` by :func:`broker.tls.client_ssl_context`.
+    """
+
+    ca_file: Path | None = None  # PEM bundle of the CA(s) the server's certificate chains to
+    cert_file: Path | None = None  # client certificate chain, PEM (mutual TLS)
+    key_file: Path | None = None  # its private key, PEM
+    key_password: SecretStr | None = None  # when the key file is encrypted
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if self.key_password is not None and self.key_file is None:
+            raise ValueError("key_password without key_file")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """Whether anything differs from "system trust store, no client certificate"."""
+        return self.ca_file is not None or self.cert_file is not None
+
+
+class PacsSettings(_Section):
+    """The PACS's DICOMweb service (Orthanc's plugin in dev), over HTTPS.
+
+    ``https://`` URLs are verified with ``tls`` (CA bundle, optional client certificate).
+    ``http://`` is for a loopback dev PACS only and refused in production, like PLAINTEXT Kafka.
+    """
+
+    url: AnyHttpUrl = AnyHttpUrl("https://127.0.0.1:8042/dicom-web")
     username: str | None = None
     password: SecretStr | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    tls: ClientTlsSettings = ClientTlsSettings()
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> PacsSettings:
+        if self.url.scheme != "https" and self.tls.configured:
+            raise ValueError("pacs.tls is set but pacs.url is not https:// (nothing would use it)")
+        return self
+
+    @property
+    def plaintext(self) -> bool:
+        """Whether the PACS is spoken to without TLS (``http://``)."""
+        return self.url.scheme != "https"
 
 
 class RateLimitSettings(_Section):
@@ -215,6 +260,9 @@ class StreamSettings(_Section):
     head_every_seconds: Annotated[float, Field(gt=0)] = 10.0
     head_every_leaves: Annotated[int, Field(gt=0)] = 1000
     export_dir: Path = Path("audit-export")
+    # syslog over TLS (RFC 5425, `telerad audit export --syslog HOST:PORT --protocol tls`): the
+    # collector's certificate is verified against this CA bundle, its host name against HOST
+    syslog_tls: ClientTlsSettings = ClientTlsSettings()
     # alerts that act (streams.containment): rules that revoke their subject everywhere
     contain_rules: list[str] = Field(default_factory=list)  # e.g. ["bulk_access"]; opt-in
     contain_allow: list[str] = Field(default_factory=list)  # subjects never contained

@@ -22,6 +22,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from broker.upstream import error_text
+
 __all__ = [
     "BadRequest",
     "DependencyUnavailable",
@@ -167,6 +169,10 @@ def install_error_handlers(app: FastAPI) -> None:
             and "text/html" in request.headers.get("accept", "")
         ):
             return RedirectResponse(exc.login_url, status_code=303)  # a browser: back to the IdP
+        if isinstance(exc, UpstreamError) and exc.__cause__ is not None:
+            # for the operator, one line, no stack trace (e.g. the PACS's certificate refused);
+            # the client gets the generic answer only
+            log.warning("PACS unavailable: %s", error_text(exc.__cause__, 300))
         login_url = exc.login_url if isinstance(exc, StepUpRequired) else None
         body = _body(exc.code, exc.detail, login_url or None)
         return JSONResponse(body, exc.status_code, headers=exc.headers)

@@ -15,6 +15,7 @@ from broker.audit.kafka import RevocationListener, cluster_brokers, security_con
 from broker.config import Settings
 from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
+from broker.upstream import error_text
 
 __all__ = ["CheckReport", "CheckResult", "Readiness", "ReadinessChecker"]
 
@@ -88,7 +89,7 @@ class ReadinessChecker:
         except TimeoutError:
             detail, ready = "timed out", False
         except Exception as exc:  # noqa: BLE001 - any failure of a dependency means "not ready"
-            detail, ready = f"{type(exc).__name__}: {_short(exc)}", False
+            detail, ready = error_text(exc), False
         return CheckResult(name, ready, detail, round((time.perf_counter() - started) * 1000, 1))
 
     async def _check_opa(self) -> str:
@@ -148,8 +149,3 @@ class ReadinessChecker:
             return "discovery document served"
 
         return check
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]

@@ -256,28 +256,31 @@ class ContainerBackend:
         return self._wrap("keycloak", container, services.keycloak_endpoints(url), log)
 
     def _orthanc(self) -> Service:
+        # the same configuration and TLS files as the process backend's (the home is mounted at
+        # the same path, so the certificate paths in orthanc.json hold inside the container)
         home = self.run_dir / "orthanc"
-        shutil.rmtree(home, ignore_errors=True)
-        (home / "db").mkdir(parents=True)
         port = free_port()
-        config = home / "orthanc.json"
-        settings = services.orthanc_config(home, port)
+        tls = services.orthanc_tls_mode()
+        prepared = services.prepare_orthanc_home(home, port, tls)
         if is_public(self.image("orthanc")):
+            settings = json.loads(prepared.config.read_text())
             settings["Plugins"] = [PUBLIC_ORTHANC_DICOMWEB]  # not Debian's path there
-        config.write_text(json.dumps(settings, indent=2))
-        url = f"http://127.0.0.1:{port}"
-        auth = (services.ORTHANC_USER, services.ORTHANC_PASSWORD)
+            prepared.config.write_text(json.dumps(settings, indent=2))
         container = self._run(
-            "orthanc", ["Orthanc", "--logfile=/dev/stdout", str(config)], mounts={home: "rw"}
+            "orthanc",
+            ["Orthanc", "--logfile=/dev/stdout", str(prepared.config)],
+            mounts={home: "rw"},
+            env=prepared.env,
         )
-        log = self._wait(
-            "orthanc", container, lambda: services.http_ok(f"{url}/system", auth=auth), timeout=90
-        )
-        endpoints = {"url": url, "dicomweb": f"{url}/dicom-web"}
+        endpoints = services.orthanc_endpoints(port, tls)
+        probe = services.Service("orthanc", endpoints, Path("/dev/null"), extra=prepared.extra)
+        probe.extra.update(user=services.ORTHANC_USER, password=services.ORTHANC_PASSWORD)
+        log = self._wait("orthanc", container, lambda: services.orthanc_answers(probe), timeout=90)
         service = self._wrap("orthanc", container, endpoints, log)
         service.extra.update(
             user=services.ORTHANC_USER,
             password=services.ORTHANC_PASSWORD,
             storage=str(home / "db"),  # mounted at the same path: the integrity drill edits it
+            **prepared.extra,
         )
         return service

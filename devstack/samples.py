@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from devstack._procs import progress
-from devstack.services import Service
+from devstack.services import Service, orthanc_client
 
 __all__ = ["SampleStudy", "build_instances", "load_samples", "sample_studies"]
 
@@ -87,8 +85,7 @@ def build_instances(study: SampleStudy) -> list[bytes]:
 def load_samples(orthanc: Service) -> list[SampleStudy]:
     """Store every sample study in Orthanc through its REST API (idempotent)."""
     studies = sample_studies()
-    auth = (str(orthanc.extra["user"]), str(orthanc.extra["password"]))
-    with httpx.Client(base_url=orthanc.endpoints["url"], auth=auth, timeout=30) as client:
+    with orthanc_client(orthanc, timeout=30) as client:
         for study in studies:
             for blob in build_instances(study):
                 response = client.post("/instances", content=blob)

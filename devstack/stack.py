@@ -15,6 +15,12 @@ For each part the backend is chosen automatically, and reported:
 The process backend's Kafka is secured (TLS, SCRAM, ACLs; :mod:`devstack.kafka_cluster`)
 unless ``TELERAD_STACK_KAFKA_PLAINTEXT=1``; external and container Kafkas are PLAINTEXT. It has
 one node, or ``TELERAD_STACK_KAFKA_NODES`` (``telerad stack up --kafka-nodes 3``).
+
+Orthanc (process and container backends) serves HTTPS with a certificate from a CA made at start
+(:func:`devstack.services.prepare_orthanc_home`); the broker's environment carries that CA
+(``TELERAD_PACS__TLS__CA_FILE``). ``TELERAD_STACK_ORTHANC_MTLS=1`` makes it require a client
+certificate too (the broker's is passed), ``TELERAD_STACK_ORTHANC_PLAINTEXT=1`` keeps plain HTTP.
+An external Orthanc's CA is ``TELERAD_STACK_ORTHANC_CA_FILE`` (none: the system's trust store).
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ def _external(part: str) -> Service | None:
             extra={
                 "user": env.get("TELERAD_STACK_ORTHANC_USER", services.ORTHANC_USER),
                 "password": env.get("TELERAD_STACK_ORTHANC_PASSWORD", services.ORTHANC_PASSWORD),
+                "tls": "https" if url.startswith("https://") else "plaintext",
+                "ca_file": env.get("TELERAD_STACK_ORTHANC_CA_FILE", ""),  # empty: system store
             },
         )
     return None
@@ -177,9 +185,7 @@ class Stack:
         if opa := self.services.get("opa"):
             env["TELERAD_OPA__URL"] = opa.endpoints["url"]
         if orthanc := self.services.get("orthanc"):
-            env["TELERAD_PACS__URL"] = orthanc.endpoints["dicomweb"]
-            env["TELERAD_PACS__USERNAME"] = str(orthanc.extra["user"])
-            env["TELERAD_PACS__PASSWORD"] = str(orthanc.extra["password"])
+            env |= services.orthanc_broker_env(orthanc)
             env["TELERAD_FACTS_FILE"] = str(self._write_facts())
         if keycloak := self.services.get("keycloak"):
             env["TELERAD_ISSUERS"] = json.dumps(

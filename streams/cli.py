@@ -472,6 +472,7 @@ def _prove(args: argparse.Namespace) -> int:
 
 
 def _feed(settings: Settings) -> Any:
+    from broker.tls import pacs_sync_transport
     from streams.integrity import OrthancFeed
 
     pacs = settings.pacs
@@ -481,7 +482,8 @@ def _feed(settings: Settings) -> Any:
         if pacs.username and pacs.password
         else None
     )
-    return OrthancFeed(rest, auth)
+    # the same TLS as the broker's DICOMweb client: CA bundle, client certificate, host name
+    return OrthancFeed(rest, auth, transport=pacs_sync_transport(pacs))
 
 
 def _integrity_watch(args: argparse.Namespace) -> int:
@@ -631,7 +633,12 @@ def add_audit_commands(sub: Any) -> None:
     export = consumer("export", _export, "export audit events for auditors and SIEMs")
     export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
     export.add_argument("--syslog", metavar="HOST:PORT", help="send to a syslog endpoint")
-    export.add_argument("--protocol", choices=["udp", "tcp"], default="tcp")
+    export.add_argument(
+        "--protocol",
+        choices=["udp", "tcp", "tls"],
+        default="tcp",
+        help="tls: RFC 5425 (port 6514), verified with TELERAD_STREAMS__SYSLOG_TLS__*",
+    )
 
     verify = cmds.add_parser("verify", help="recompute the ledger and check every signed head")
     verify.add_argument("--public-key", help="the ledger's public key (PEM); default: <key>.pub")

@@ -124,11 +124,13 @@ datagram (RFC 5426). Note A.6 asks for TLS (RFC 5425) on the wire; TLS is not do
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import socket
+import ssl
 import threading
 import uuid
 import xml.etree.ElementTree as ET
@@ -747,30 +749,50 @@ def octet_frame(line: bytes) -> bytes:
 
 
 class SyslogSender:
-    """Sends RFC 5424 messages to a collector: one datagram each over UDP (RFC 5426), or
-    octet-counted frames over TCP (RFC 6587). Connects on first use and, after a TCP error,
-    again on the next send; errors are raised, never swallowed. Thread-safe."""
+    """Sends RFC 5424 messages to a collector: one datagram each over UDP (RFC 5426),
+    octet-counted frames over TCP (RFC 6587), or the same frames over TLS (RFC 5425, the
+    collector's certificate and host name verified with ``ssl_context``). Connects on first use
+    and, after a stream error, again on the next send; errors are raised, never swallowed.
+    Thread-safe."""
 
     def __init__(
         self,
         host: str,
         port: int,
-        protocol: Literal["udp", "tcp"] = "udp",
+        protocol: Literal["udp", "tcp", "tls"] = "udp",
         *,
         timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if protocol not in ("udp", "tcp"):
-            raise ValueError("protocol must be 'udp' or 'tcp'")
+        """``ssl_context`` (``tls`` only): how the collector is verified; by default the
+        system's trust store with host-name checking (``ssl.create_default_context()``)."""
+        if protocol not in ("udp", "tcp", "tls"):
+            raise ValueError("protocol must be 'udp', 'tcp' or 'tls'")
+        if ssl_context is not None and protocol != "tls":
+            raise ValueError("ssl_context is for protocol 'tls' only")
+        if ssl_context is not None and (
+            ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname
+        ):
+            # RFC 5425 5.2: the client MUST authenticate the server; no unverified collector
+            raise ValueError("a syslog TLS context must verify the certificate and host name")
         self.host = host
         self.port = port
         self.protocol = protocol
         self.timeout = timeout
+        self._context = (ssl_context or ssl.create_default_context()) if protocol == "tls" else None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
     def _connect(self) -> socket.socket:
-        if self.protocol == "tcp":
-            return socket.create_connection((self.host, self.port), timeout=self.timeout)
+        if self.protocol in ("tcp", "tls"):
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self._context is None:
+                return sock
+            try:  # the handshake happens here: an untrusted collector is refused before a byte
+                return self._context.wrap_socket(sock, server_hostname=self.host)
+            except OSError:
+                sock.close()
+                raise
         family, kind, proto, _, address = socket.getaddrinfo(
             self.host, self.port, type=socket.SOCK_DGRAM
         )[0]
@@ -784,13 +806,15 @@ class SyslogSender:
         return sock
 
     def send(self, line: bytes) -> None:
-        """Send one syslog message (as made by :func:`to_syslog`); framed here for TCP."""
-        payload = octet_frame(line) if self.protocol == "tcp" else line
+        """Send one syslog message (as made by :func:`to_syslog`); framed here for TCP and TLS
+        (RFC 5425 4.3: ``MSG-LEN SP SYSLOG-MSG``)."""
+        stream = self.protocol in ("tcp", "tls")
+        payload = octet_frame(line) if stream else line
         with self._lock:
             if self._sock is None:
                 self._sock = self._connect()
             try:
-                if self.protocol == "tcp":
+                if stream:
                     self._sock.sendall(payload)
                 elif self._sock.send(payload) != len(payload):
                     raise OSError("syslog datagram was truncated")
@@ -800,9 +824,12 @@ class SyslogSender:
                 raise
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent); over TLS with a close_notify first (RFC 5425 4.4)."""
         with self._lock:
             if self._sock is not None:
+                if isinstance(self._sock, ssl.SSLSocket):
+                    with contextlib.suppress(OSError, ValueError):  # the peer may be gone
+                        self._sock = self._sock.unwrap()
                 self._sock.close()
                 self._sock = None
 

@@ -78,9 +78,21 @@ class Fingerprint:
 class OrthancFeed:
     """The Orthanc REST API and its DICOMweb plugin, as the watcher and the sweep read them."""
 
-    def __init__(self, url: str, auth: tuple[str, str] | None, *, name: str = "pacs") -> None:
+    def __init__(
+        self,
+        url: str,
+        auth: tuple[str, str] | None,
+        *,
+        name: str = "pacs",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``transport``: the PACS's (:func:`broker.tls.pacs_sync_transport`, its TLS settings);
+        by default stale-connection retry with the system's trust store."""
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), auth=auth, timeout=60, transport=RetryStaleTransport()
+            base_url=url.rstrip("/"),
+            auth=auth,
+            timeout=60,
+            transport=transport if transport is not None else RetryStaleTransport(),
         )
         self.name = name
 

@@ -122,6 +122,20 @@ def served(broker_image: BuiltImage, stack: Stack, tmp_path: Path) -> Iterator[s
             path.chmod(0o755 if path.is_dir() else 0o644)
         mounts[str(shared)] = {"bind": "/etc/telerad/facts", "mode": "ro"}
         env["TELERAD_FACTS_FILE"] = "/etc/telerad/facts/facts.json"
+    names = ("CA_FILE", "CERT_FILE", "KEY_FILE")
+    tls_files = {
+        n: env[f"TELERAD_PACS__TLS__{n}"] for n in names if f"TELERAD_PACS__TLS__{n}" in env
+    }
+    if tls_files:
+        # the stack's Orthanc CA (and client certificate), where the chart mounts them
+        shared = tmp_path / "pacs-tls"
+        shared.mkdir(mode=0o755)
+        for name, source in tls_files.items():
+            copy = shared / Path(source).name
+            shutil.copy(source, copy)
+            copy.chmod(0o644)
+            env[f"TELERAD_PACS__TLS__{name}"] = f"/var/run/secrets/telerad-pacs-tls/{copy.name}"
+        mounts[str(shared)] = {"bind": "/var/run/secrets/telerad-pacs-tls", "mode": "ro"}
     started = time.monotonic()
     container = broker_image.client.containers.run(
         broker_image.tag,

@@ -538,7 +538,7 @@ class TestAuditConsumers:
                 "--syslog",
                 "siem.hospital.example:6514",
                 "--protocol",
-                "tcp",
+                "tls",
             ],
         }
 
@@ -712,3 +712,101 @@ class TestMetrics:
     ) -> None:
         ports = [p["name"] for p in rendered["minimal"].get("Service", RELEASE)["spec"]["ports"]]
         assert ports == ["http"]
+
+
+class TestTransportSecurityFiles:
+    """The PACS's and the syslog collector's TLS files: mounted from existing Secrets, for the
+    one workload that speaks to each, and named in its settings."""
+
+    @pytest.fixture
+    def pacs_mtls(self, chart: Chart) -> Rendered:
+        return chart.template("pacs-mtls")  # cached by the chart fixture
+
+    def test_pacs_mutual_tls_mounts_ca_and_client_certificate(self, pacs_mtls: Rendered) -> None:
+        broker = pacs_mtls.broker()
+        volumes = {v["name"]: v for v in _pod(broker)["volumes"]}
+        assert volumes["pacs-tls"]["secret"] == {
+            "secretName": "telerad-broker-pacs-client",
+            "defaultMode": 0o440,
+            "items": [
+                {"key": "ca.crt", "path": "ca.crt"},
+                {"key": "tls.crt", "path": "tls.crt"},
+                {"key": "tls.key", "path": "tls.key"},
+            ],
+        }
+        container = pacs_mtls.container(broker, "broker")
+        assert {
+            "name": "pacs-tls",
+            "mountPath": "/var/run/secrets/telerad-pacs-tls",
+            "readOnly": True,
+        } in container["volumeMounts"]
+        env = _env(container)
+        assert {k: v for k, v in env.items() if k.startswith("TELERAD_PACS__TLS__")} == {
+            "TELERAD_PACS__TLS__CA_FILE": "/var/run/secrets/telerad-pacs-tls/ca.crt",
+            "TELERAD_PACS__TLS__CERT_FILE": "/var/run/secrets/telerad-pacs-tls/tls.crt",
+            "TELERAD_PACS__TLS__KEY_FILE": "/var/run/secrets/telerad-pacs-tls/tls.key",
+        }
+
+    def test_only_the_broker_container_sees_the_pacs_client_key(self, pacs_mtls: Rendered) -> None:
+        seeing = [
+            name
+            for name, c in pacs_mtls.containers()
+            if any(m["name"] == "pacs-tls" for m in c.get("volumeMounts", []))
+        ]
+        assert seeing == [f"{RELEASE}/broker"]
+
+    def test_no_pacs_tls_without_its_secret(self, rendered: dict[str, Rendered]) -> None:
+        for scenario in SCENARIOS:
+            broker = rendered[scenario].broker()
+            assert "pacs-tls" not in {v["name"] for v in _pod(broker)["volumes"]}
+            env = _env(rendered[scenario].container(broker, "broker"))
+            assert not [k for k in env if k.startswith("TELERAD_PACS__TLS__")]
+
+    def test_syslog_over_tls_with_the_collector_ca(self, rendered: dict[str, Rendered]) -> None:
+        export = rendered["production"].get("Deployment", f"{RELEASE}-audit-export")
+        container = rendered["production"].container(export, "export")
+        assert container["args"][-2:] == ["--protocol", "tls"]
+        assert _env(container)["TELERAD_STREAMS__SYSLOG_TLS__CA_FILE"] == (
+            "/var/run/secrets/telerad-syslog-tls/ca.crt"
+        )
+        volumes = {v["name"]: v for v in _pod(export)["volumes"]}
+        assert volumes["syslog-tls"]["secret"]["secretName"] == "hospital-siem-ca"
+        assert volumes["syslog-tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            (
+                {"config": {"pacs": {"url": "http://pacs:8042/dicom-web"}}},
+                "config.pacs.url must be https:// in production",
+            ),
+            (
+                {
+                    "config": {
+                        "environment": "development",
+                        "publicUrl": "http://telerad.dev.example",
+                        "identity": {"sessionCookieSecure": False},
+                        "pacs": {"url": "http://pacs:8042/dicom-web"},
+                    },
+                    "secrets": {"pacsTls": {"existingSecret": "pacs-ca"}},
+                },
+                "secrets.pacsTls is set but config.pacs.url is not https://",
+            ),
+            (
+                {"secrets": {"pacsTls": {"existingSecret": "pacs-ca", "caKey": ""}}},
+                "secrets.pacsTls.existingSecret is set: give caKey, certKey or both",
+            ),
+            (
+                {"secrets": {"pacsTls": {"certKey": "tls.crt"}}},
+                "secrets.pacsTls.certKey is set: secrets.pacsTls.existingSecret must hold",
+            ),
+            (
+                {"secrets": {"syslogTls": {"existingSecret": "siem-ca"}}},
+                "secrets.syslogTls is set but audit.export.syslog.protocol is not tls",
+            ),
+        ],
+    )
+    def test_contradictions_are_refused(
+        self, chart: Chart, overrides: dict[str, Any], message: str
+    ) -> None:
+        assert message in chart.refusal("minimal", overrides)

@@ -12,8 +12,13 @@ import time
 from typing import Any
 
 import httpx
+import requests
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_auth
+from requests.auth import HTTPBasicAuth
 
 from broker.links.token import LinkClaims
+from devstack.services import Service
 
 # Dev-only values from devstack/resources/keycloak/*.json.
 PASSWORD = "dev-password"
@@ -139,3 +144,19 @@ def transfer_records(
         if enough or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
+
+
+def orthanc_dicomweb(orthanc: Service) -> DICOMwebClient:
+    """A DICOMweb client straight to the stack's Orthanc: basic auth, its CA (and the client
+    certificate when it requires one), so the comparison reads what the PACS serves."""
+    session: requests.Session = create_session_from_auth(
+        HTTPBasicAuth(str(orthanc.extra["user"]), str(orthanc.extra["password"]))
+    )
+    if orthanc.extra.get("ca_file"):
+        session.verify = str(orthanc.extra["ca_file"])
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify; loopback
+        # needs neither proxies nor netrc from the environment
+        session.trust_env = False
+    if orthanc.extra.get("tls") == "mutual":
+        session.cert = (str(orthanc.extra["client_cert"]), str(orthanc.extra["client_key"]))
+    return DICOMwebClient(url=orthanc.endpoints["dicomweb"], session=session)

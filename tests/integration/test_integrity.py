@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from devstack.kafka_cluster import CONSUMER, kafka_env
+from devstack.services import orthanc_client
 from devstack.stack import Stack
 from tests.integration.test_audit_stream import topics
 
@@ -63,11 +64,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
     stack: Stack, topics: dict[str, str], broker_env: dict[str, str], tmp_path: Path
 ) -> None:
     orthanc = stack.services["orthanc"]
-    rest = httpx.Client(
-        base_url=orthanc.endpoints["url"],
-        auth=(str(orthanc.extra["user"]), str(orthanc.extra["password"])),
-        timeout=30,
-    )
+    rest = orthanc_client(orthanc, timeout=30)
     env = os.environ | {
         "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
         "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),

@@ -180,7 +180,7 @@ def pacs_down(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> No
     """Nothing answers where the broker looks for the PACS (requested before ``broker``)."""
     from devstack._procs import free_port
 
-    monkeypatch.setenv("TELERAD_PACS__URL", f"http://127.0.0.1:{free_port()}/dicom-web")
+    monkeypatch.setenv("TELERAD_PACS__URL", f"https://127.0.0.1:{free_port()}/dicom-web")
 
 
 async def test_policy_down_is_a_503_page_and_nothing_is_listed(

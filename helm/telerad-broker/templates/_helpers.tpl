@@ -314,3 +314,30 @@ spec:
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}
+
+{{/* TLS files from one existing Secret (secrets.pacsTls, secrets.syslogTls): env, mounts and
+     volumes as JSON {"env": [...], "mounts": [...], "volumes": [...]}. Call with
+     (list ref "TELERAD_PACS__TLS" "pacs-tls"): the Secret reference, the settings' prefix and
+     the volume's name (mounted at /var/run/secrets/telerad-<name>). Nothing without a Secret. */}}
+{{- define "telerad.tlsFiles" -}}
+{{- $ref := index . 0 -}}
+{{- $prefix := index . 1 -}}
+{{- $name := index . 2 -}}
+{{- $dir := printf "/var/run/secrets/telerad-%s" $name -}}
+{{- $out := dict "env" (list) "mounts" (list) "volumes" (list) -}}
+{{- if $ref.existingSecret -}}
+{{- $items := list -}}
+{{- if $ref.caKey -}}
+{{- $items = append $items (dict "key" $ref.caKey "path" "ca.crt") -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" (printf "%s__CA_FILE" $prefix) "value" (printf "%s/ca.crt" $dir))) -}}
+{{- end -}}
+{{- if $ref.certKey -}}
+{{- $items = concat $items (list (dict "key" $ref.certKey "path" "tls.crt") (dict "key" $ref.keyKey "path" "tls.key")) -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" (printf "%s__CERT_FILE" $prefix) "value" (printf "%s/tls.crt" $dir))) -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" (printf "%s__KEY_FILE" $prefix) "value" (printf "%s/tls.key" $dir))) -}}
+{{- end -}}
+{{- $_ := set $out "mounts" (append $out.mounts (dict "name" $name "mountPath" $dir "readOnly" true)) -}}
+{{- $_ := set $out "volumes" (append $out.volumes (dict "name" $name "secret" (dict "secretName" $ref.existingSecret "defaultMode" 288 "items" $items))) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}

@@ -128,3 +128,11 @@ _redeem_window := seconds if {
 	is_number(seconds)
 	seconds >= 0
 }
+
+# unfingerprinted: what the proxy does with an instance or frame that has no
+# fingerprint (never recorded by the integrity watcher): "serve" it unchecked
+# or "refuse" it. data.telerad.settings.unfingerprinted; anything but "serve"
+# (missing included) is "refuse".
+default _unfingerprinted := "refuse"
+
+_unfingerprinted := "serve" if object.get(data.telerad.settings, "unfingerprinted", "refuse") == "serve"

@@ -12,6 +12,7 @@ from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
 from broker.fhir.records import ConsentStore
+from broker.fingerprints import FingerprintIndex, ServedUnchecked
 from broker.health import ReadinessChecker
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
@@ -48,6 +49,8 @@ class AppState:
     consents: ConsentStore
     windows: DecisionWindows
     transfers: TransferLog
+    fingerprints: FingerprintIndex | None = None  # None: reads are not checked
+    served_unchecked: ServedUnchecked | None = None
 
 
 def state_of(connection: HTTPConnection) -> AppState:

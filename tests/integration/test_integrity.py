@@ -1,5 +1,6 @@
 """A ransomware drill against the real stack: fingerprints at ingest, files altered behind the
-PACS's back, and a sweep that names exactly those instances."""
+PACS's back; the next read of each through a link is cut off and alerted, untouched instances
+still read, and the sweep names exactly the altered ones."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
+from kafka import KafkaConsumer
 
-from broker.stack.kafka_cluster import CONSUMER, kafka_env
+from broker.audit.cloudevents import from_record
+from broker.audit.events import AuditEvent, EventKind
+from broker.config import Settings
+from broker.stack.kafka_cluster import CONSUMER, client_kwargs, kafka_env
+from broker.stack.samples import build_instances, sample_studies
 from broker.stack.stack import Stack
-from tests.integration.test_audit_stream import topics
+from streams.alerts import Alert, AlertDetector
+from tests.integration.conftest import LiveBroker, serve
+from tests.integration.test_audit_stream import token, topics
 
 __all__ = ["topics"]  # the fixture, shared with the audit stream's tests
 
@@ -39,17 +49,21 @@ def answer(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return result
 
 
+SAMPLE = next(s for s in sample_studies() if s.key == "stolaf-ct-chest")  # ada reads it
+
+
 def drill_instances(n: int) -> list[bytes]:
-    """``n`` new CT instances of one new study (pydicom's test data, synthetic UIDs)."""
+    """``n`` new CT instances in a new series of ada's sample study (so a link of hers reads
+    them), with synthetic UIDs; the drill deletes them at its end."""
     import pydicom
-    from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
-    study, series = generate_uid(), generate_uid()
+    template = build_instances(SAMPLE)[0]
+    series = generate_uid()
     out = []
     for i in range(n):
-        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds = pydicom.dcmread(io.BytesIO(template))
+        ds.SeriesInstanceUID = series
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = i + 1
@@ -73,6 +87,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
         "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
         "TELERAD_STREAMS__INTEGRITY_CURSOR_PATH": str(tmp_path / "cursor.json"),
         "TELERAD_STREAMS__SEGMENTS_TOPIC": "segments-" + topics["TELERAD_KAFKA__AUDIT_TOPIC"],
+        "TELERAD_KAFKA__FINGERPRINT_TOPIC": "fingerprints-" + topics["TELERAD_KAFKA__AUDIT_TOPIC"],
     }
     on_pacs = len(rest.get("/instances").json())
 
@@ -83,7 +98,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
     # new instances arrive: the change feed brings them, once
     stored = [rest.post("/instances", content=blob).json() for blob in drill_instances(3)]
     try:
-        drill(env, kafka_env(stack.services["kafka"], CONSUMER), rest, orthanc, stored, on_pacs)
+        drill(env, stack, rest, orthanc, stored, on_pacs)
     finally:  # the stack is shared: the drill's study goes, altered files and all
         for instance in stored:
             rest.delete(f"/instances/{instance['ID']}")
@@ -91,7 +106,7 @@ def test_altered_files_are_named_by_the_sweep_and_nothing_else(
 
 def drill(
     env: dict[str, str],
-    consumer_env: dict[str, str],
+    stack: Stack,
     rest: httpx.Client,
     orthanc: Any,
     stored: list[dict[str, Any]],
@@ -103,7 +118,7 @@ def drill(
     assert again == {"backfilled": 0, "recorded": 0}, again  # a restart repeats nothing
 
     # the watcher wrote as the broker; the ledger reads as a consumer
-    ledger = env | consumer_env
+    ledger = env | kafka_env(stack.services["kafka"], CONSUMER)
     assert telerad(ledger, "audit", "ledger", "--create-key", "--idle-exit", "4").returncode == 0
     clean = telerad(env, "integrity", "verify", "--rate", "500")
     assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
@@ -124,9 +139,132 @@ def drill(
         tags = rest.get(f"/instances/{instance['ID']}").json()["MainDicomTags"]
         altered[tags["SOPInstanceUID"]] = how
 
+    with mock.patch.dict(os.environ, env), serve(Settings()) as live:
+        reads(live, stack, rest, stored, altered, env["TELERAD_KAFKA__AUDIT_TOPIC"])
+
     swept = telerad(env, "integrity", "verify", "--rate", "500")
     report = answer(swept)
     print(f"\nsweep: {report['checked']} instances in {report['seconds']} s")
     assert swept.returncode == 1
     assert {a["sop_uid"] for a in report["altered"]} == set(altered), report["altered"]
     assert report["missing"] == [] and report["never_recorded"] == []
+
+
+def reads(
+    live: LiveBroker,
+    stack: Stack,
+    rest: httpx.Client,
+    stored: list[dict[str, Any]],
+    altered: dict[str, str],
+    audit_topic: str,
+) -> None:
+    """Through a link of ada's: each altered instance's next read is cut off and alerted; the
+    untouched drill instance and the sample study's own instances read whole."""
+    wait_ready(live)
+    bearer = {"Authorization": f"Bearer {token(stack, 'ada')}"}
+    link = httpx.post(
+        f"{live.url}/api/links",
+        json={"study_uid": SAMPLE.study_uid, "operations": ["view", "download"]},
+        headers=bearer,
+        timeout=30,
+    )
+    assert link.status_code == 200, link.text
+    root = link.json()["dicomweb_root"]
+    client = httpx.Client(headers=bearer, timeout=30)
+    series = {
+        rest.get(f"/instances/{i['ID']}").json()["MainDicomTags"]["SOPInstanceUID"]: rest.get(
+            f"/instances/{i['ID']}/series"
+        ).json()["MainDicomTags"]["SeriesInstanceUID"]
+        for i in stored
+    }
+    as_stored = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    frames_accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    outcomes: dict[str, str] = {}
+    for sop, series_uid in series.items():
+        base = f"{root}/studies/{SAMPLE.study_uid}/series/{series_uid}/instances/{sop}"
+        for what, url, accept in (
+            ("instance", base, as_stored),
+            ("frames", f"{base}/frames/1", frames_accept),
+        ):
+            outcomes[f"{sop} {what}"] = read(client, url, accept)
+    print(f"\nreads through the link: {json.dumps(outcomes, indent=1)}")
+    for sop in series:
+        if sop in altered:
+            # the file is not what was stored: no whole answer (502 before any byte, or a
+            # body broken off); a file flipped in its pixel data fails its frame's hash too
+            assert outcomes[f"{sop} instance"] in ("502 integrity_violation", "broken"), outcomes
+            if altered[sop] == "flip":
+                assert outcomes[f"{sop} frames"] in ("502 integrity_violation", "broken")
+        else:
+            assert outcomes[f"{sop} instance"] == "200 whole", outcomes
+            assert outcomes[f"{sop} frames"] == "200 whole", outcomes
+    # the sample study's own instances (backfilled fingerprints) read whole, as a series too
+    whole_study = read(client, f"{root}/studies/{SAMPLE.study_uid}", as_stored)
+    assert whole_study in ("502 integrity_violation", "broken"), whole_study  # it has altered
+    sample_series = rest.get(
+        "/tools/lookup", content=SAMPLE.study_uid
+    ).json()  # the study's Orthanc id, then its first series (the sample's own)
+    study_id = next(x["ID"] for x in sample_series if x["Type"] == "Study")
+    own = [
+        s
+        for s in rest.get(f"/studies/{study_id}/series").json()
+        if s["MainDicomTags"]["SeriesInstanceUID"] not in series.values()
+    ]
+    assert own, "the sample study's own series is on the PACS"
+    own_uid = own[0]["MainDicomTags"]["SeriesInstanceUID"]
+    assert read(client, f"{root}/studies/{SAMPLE.study_uid}/series/{own_uid}", as_stored) == (
+        "200 whole"
+    )
+
+    violations = events_of(audit_topic, stack, EventKind.INTEGRITY_VIOLATION)
+    cut = {e.detail.get("sop_uid") for e in violations if e.detail.get("action") == "cut_off"}
+    assert cut >= {sop for sop, how in altered.items() if how == "flip"}, violations
+    assert not cut & (set(series) - set(altered)), violations
+    for event in violations:
+        assert event.link_id == link.json()["link_id"] and event.subject == "npi:1000000001"
+    # the alert consumer's rule raises an alert for each
+    alerts: list[Alert] = []
+    AlertDetector().handle(violations, alerts.append)
+    assert {a.rule for a in alerts} == {"integrity_violation"}, alerts
+    metrics = httpx.get(f"{live.url}/metrics", timeout=10).text
+    assert 'telerad_integrity_violations_total{action="cut_off",finding="altered"}' in metrics
+
+
+def read(client: httpx.Client, url: str, accept: str) -> str:
+    """``200 whole``, ``502 <code>`` or ``broken`` (the body broke off) for one GET."""
+    try:
+        with client.stream("GET", url, headers={"Accept": accept}) as response:
+            body = response.read()
+            if response.status_code != 200:
+                return f"{response.status_code} {json.loads(body).get('error', '')}".strip()
+            expected = response.headers.get("content-length")
+            if expected is not None and int(expected) != len(body):
+                return "broken"
+            return "200 whole"
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        return "broken"
+
+
+def wait_ready(live: LiveBroker) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        ready = httpx.get(f"{live.url}/readyz", timeout=10)
+        if ready.status_code == 200:
+            assert "fingerprints" in ready.json()["checks"], ready.text
+            return
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.5)
+
+
+def events_of(topic: str, stack: Stack, kind: EventKind) -> list[AuditEvent]:
+    consumer = KafkaConsumer(
+        topic,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=8000,
+        **client_kwargs(stack.services["kafka"], CONSUMER),
+    )
+    try:
+        found = [from_record(r.value, r.headers) for r in consumer]
+    finally:
+        consumer.close()
+    return [e for e in found if e.kind is kind]

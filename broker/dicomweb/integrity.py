@@ -208,12 +208,12 @@ class StreamCheck:
             if found < 0:
                 keep = len(delimiter) - 1  # the start of a delimiter may be at the end
                 if len(buffer) > keep:
-                    self._body(bytes(buffer[: len(buffer) - keep]))
+                    self._body_upto(len(buffer) - keep)
                     del buffer[: len(buffer) - keep]
                 return False
             # The delimiter ends the part: it is checked now, before the chunk that completes
             # the delimiter is relayed, so an altered part never reaches the client whole.
-            self._body(bytes(buffer[:found]))
+            self._body_upto(found)
             if self._state == "body":
                 self._close_part()
             del buffer[: found + len(delimiter)]
@@ -243,7 +243,12 @@ class StreamCheck:
         buffer.clear()  # after the closing delimiter (epilogue): ignored
         return False
 
-    def _body(self, data: bytes) -> None:
+    def _body_upto(self, end: int) -> None:
+        """The buffer's first ``end`` bytes are body: hashed in place, not copied."""
+        with memoryview(self._buffer) as view, view[:end] as data:
+            self._body(data)
+
+    def _body(self, data: bytes | memoryview) -> None:
         part = self._part
         if part is None or self._state != "body" or not data:
             return

@@ -210,6 +210,40 @@ def store_study(orthanc_url: str, auth: tuple[str, str], study: LargeStudy) -> N
             client.post("/instances", content=blob).raise_for_status()
 
 
+def publish_fingerprints(
+    orthanc_url: str, auth: tuple[str, str], study: LargeStudy, bootstrap: str, topic: str
+) -> int:
+    """Fingerprint the study's instances as ``telerad integrity watch`` does and publish them to
+    the fingerprint topic (keyed by SOP Instance UID), so the broker checks the study's reads."""
+    import pydicom
+
+    from broker.audit.cloudevents import to_record
+    from broker.audit.kafka import make_producer
+    from streams.integrity import OrthancFeed
+
+    feed = OrthancFeed(orthanc_url, auth)
+    producer = make_producer(bootstrap)
+    try:
+        with httpx.Client(base_url=orthanc_url, auth=auth, timeout=60) as client:
+            sent = []
+            for blob in study.instances:
+                sop_uid = str(
+                    pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True).SOPInstanceUID
+                )
+                (found,) = client.post("/tools/lookup", content=sop_uid).json()
+                event = feed.fingerprint(found["ID"], 0).event()
+                _, value, headers = to_record(event, source="/telerad-broker/bench")
+                sent.append(
+                    producer.send(topic, key=sop_uid.encode(), value=value, headers=headers)
+                )
+            for future in sent:
+                future.get(timeout=30)
+        return len(sent)
+    finally:
+        producer.close(5)
+        feed.close()
+
+
 def bench_facts_file(stack_facts: Path, out: Path, *study_uids: str) -> Path:
     """A copy of the stack's facts file with the bench studies added (labels none, consent)."""
     facts = json.loads(stack_facts.read_text())

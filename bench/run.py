@@ -197,6 +197,20 @@ class Bench:
         viewer = fixtures.build_large_study(plan.viewer_frames, plan.viewer_size, name="viewer-ct")
         fixtures.store_study(self._orthanc_url(), self._orthanc_auth(), viewer)
         self.viewer_study = viewer
+        # The read-path integrity check (issue 15): the viewer study's fingerprints on the
+        # fingerprint topic, so every frame read through a link is hashed and compared;
+        # BENCH_INTEGRITY_CHECK=false runs the broker with the check off, for the comparison.
+        check = os.environ.get("BENCH_INTEGRITY_CHECK", "true")
+        self.env["TELERAD_INTEGRITY__CHECK_READS"] = check
+        published = fixtures.publish_fingerprints(
+            self._orthanc_url(),
+            self._orthanc_auth(),
+            viewer,
+            self.env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"],
+            self.env.get("TELERAD_KAFKA__FINGERPRINT_TOPIC", "telerad.fingerprints.v1"),
+        )
+        self.progress(f"integrity check on reads: {check} ({published} fingerprints published)")
+        self.results["integrity_check_reads"] = check
         facts = fixtures.bench_facts_file(
             Path(self.env["TELERAD_FACTS_FILE"]),
             self.run_dir / "bench-facts.json",

@@ -27,6 +27,7 @@ from broker.dicomweb.proxy import DicomwebProxy
 from broker.errors import install_error_handlers
 from broker.fhir.consent import router as fhir_router
 from broker.fhir.records import ConsentStore
+from broker.fingerprints import FingerprintIndex, ServedUnchecked
 from broker.health import CheckReport, Readiness, ReadinessChecker
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
@@ -223,6 +224,25 @@ def create_app(
         if isinstance(audit_sink, KafkaAuditSink)
         else None
     )
+    # Every replica reads the fingerprint topic whole into memory (broker.fingerprints) and is
+    # ready only once it has: no read is checked against a partial index.
+    fingerprints = (
+        FingerprintIndex(settings.integrity.index_mib * 1024 * 1024)
+        if listener is not None and settings.integrity.check_reads
+        else None
+    )
+    fingerprint_listener = (
+        RevocationListener(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.fingerprint_topic,
+            fingerprints.apply,
+            instance=settings.instance_id,
+            client_config=security_config(settings.kafka),
+            name="fingerprints",
+        )
+        if fingerprints is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -252,7 +272,9 @@ def create_app(
                     settings=settings,
                     http=http,
                     opa=opa,
-                    readiness=ReadinessChecker(settings, http, opa, bearer, listener),
+                    readiness=ReadinessChecker(
+                        settings, http, opa, bearer, listener, fingerprint_listener
+                    ),
                     bearer=bearer,
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
                     audit=audit_sink,
@@ -274,10 +296,14 @@ def create_app(
                     windows=windows,
                     transfers=transfers,
                     limits=RateLimits(settings.rate_limits),
+                    fingerprints=fingerprints,
+                    served_unchecked=ServedUnchecked() if fingerprints is not None else None,
                 )
                 transfers.start()
                 if listener is not None:
                     listener.start()  # after the state it applies events to exists
+                if fingerprint_listener is not None:
+                    fingerprint_listener.start()
                 watcher = asyncio.create_task(_watch_policy_revision(_state(app)))
                 yield
             finally:
@@ -286,6 +312,8 @@ def create_app(
                 await transfers.close()  # the last second of transfer records, before the sink
                 if listener is not None:
                     await asyncio.to_thread(listener.stop)
+                if fingerprint_listener is not None:
+                    await asyncio.to_thread(fingerprint_listener.stop)
                 await opa.close()
                 await audit_sink.close()
                 if exposition is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "ClaimMapping",
     "ClientTlsSettings",
     "IdentitySettings",
+    "IntegritySettings",
     "IssuerSettings",
     "KafkaSettings",
     "LinkSettings",
@@ -144,6 +145,9 @@ class KafkaSettings(_Section):
     audit_topic: str = "telerad.audit.v1"
     # The control topic: revoked and consent.changed events, applied by every replica.
     revocation_topic: str = "telerad.revocations.v1"
+    # Instance fingerprints (compacted, keyed by SOP Instance UID): written by
+    # ``telerad integrity watch``, read by every replica to check what links relay.
+    fingerprint_topic: str = "telerad.fingerprints.v1"
     ack_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # then the request is 503
     security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = "SASL_SSL"
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
@@ -299,6 +303,17 @@ class TracingSettings(_Section):
     export_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
 
 
+class IntegritySettings(_Section):
+    """Checking what links relay against the instances' fingerprints (broker.fingerprints)."""
+
+    # Hash instances and frames as they stream and cut off a mismatch. Off, nothing is
+    # checked and the fingerprint topic is not read (the benchmark's comparison only).
+    check_reads: bool = True
+    # The in-memory fingerprint index's bound (MiB); ~250 bytes per single-frame instance.
+    # Full, instances it could not take in are refused whatever the policy says.
+    index_mib: Annotated[int, Field(ge=1)] = 256
+
+
 class Settings(BaseSettings):
     """Everything the broker reads from its environment; frozen after start-up."""
 
@@ -338,6 +353,7 @@ class Settings(BaseSettings):
     opa: OpaSettings = OpaSettings()
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()
+    integrity: IntegritySettings = IntegritySettings()
     streams: StreamSettings = StreamSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     tracing: TracingSettings = TracingSettings()

@@ -9,6 +9,7 @@ TeleradError                      500 internal_error (never carries internals to
 ├── RateLimited                   429 rate_limited (with Retry-After)
 ├── DependencyUnavailable         503 dependency_unavailable
 └── UpstreamError                 502 bad_gateway
+    └── IntegrityViolation        502 integrity_violation
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "ErrorBody",
     "Forbidden",
     "Gone",
+    "IntegrityViolation",
     "NotFound",
     "RateLimited",
     "StepUpRequired",
@@ -136,6 +138,13 @@ class UpstreamError(TeleradError):
     """The PACS answered badly or not at all."""
 
     status_code, code, message = 502, "bad_gateway", "The image archive is unavailable."
+
+
+class IntegrityViolation(UpstreamError):
+    """The PACS served bytes that do not match the instance's fingerprint; none were relayed."""
+
+    status_code, code = 502, "integrity_violation"
+    message = "The image archive served data that failed its integrity check."
 
 
 class ErrorBody(BaseModel):

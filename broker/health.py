@@ -48,7 +48,8 @@ class Readiness(BaseModel):
 class ReadinessChecker:
     """Checks OPA, Kafka, each trusted IdP and the PACS; any failure makes the broker unready.
 
-    With the Kafka sink, also that the control topic was read up to its end offsets seen at
+    With the Kafka sink, also that the control topic (and, checking reads, the fingerprint topic)
+    was read up to its end offsets seen at
     start; in production, that the audit topic is replicated at least as the floor asks
     (``replication_factor`` and ``min_insync_replicas``), naming the gap when it is not.
     """
@@ -60,6 +61,7 @@ class ReadinessChecker:
         opa: OpaGateway,
         bearer: BearerValidator,
         control: RevocationListener | None = None,
+        fingerprints: RevocationListener | None = None,
     ) -> None:
         self._settings = settings
         self._http = http
@@ -73,6 +75,9 @@ class ReadinessChecker:
         self._control = control
         if control is not None:
             self._checks["control-topic"] = self._check_control
+        self._fingerprints = fingerprints
+        if fingerprints is not None:
+            self._checks["fingerprints"] = self._check_fingerprints
         for issuer in settings.issuers:
             url = str(issuer.issuer).rstrip("/")
             self._checks[f"idp:{url}"] = self._issuer_check(url)
@@ -128,6 +133,13 @@ class ReadinessChecker:
         wait = self._settings.readiness_timeout_seconds * 0.8
         await asyncio.to_thread(self._control.caught_up.wait, wait)
         return self._control.progress()
+
+    async def _check_fingerprints(self) -> str:
+        if self._fingerprints is None:
+            raise RuntimeError("no fingerprint-topic listener")
+        wait = self._settings.readiness_timeout_seconds * 0.8
+        await asyncio.to_thread(self._fingerprints.caught_up.wait, wait)
+        return self._fingerprints.progress()
 
     async def _check_pacs(self) -> str:
         pacs = self._settings.pacs

@@ -68,6 +68,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.integrity = Counter(
+            "telerad_integrity_violations",
+            "Reads through links that failed the integrity check (finding: altered, "
+            "unfingerprinted, transcoded, index_full; action: cut_off, refused, served).",
+            ["finding", "action"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)

@@ -12,6 +12,7 @@ from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
 from broker.fhir.records import ConsentStore
+from broker.fingerprints import FingerprintIndex, ServedUnchecked
 from broker.health import ReadinessChecker
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
@@ -50,6 +51,8 @@ class AppState:
     windows: DecisionWindows
     transfers: TransferLog
     limits: RateLimits
+    fingerprints: FingerprintIndex | None = None  # None: reads are not checked
+    served_unchecked: ServedUnchecked | None = None
 
 
 def state_of(connection: HTTPConnection) -> AppState:

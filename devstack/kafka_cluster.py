@@ -56,6 +56,9 @@ MTLS_CLIENT = "telerad-broker"  # CN of the mutual-TLS client certificate (User:
 # Topic name prefixes: the defaults' and the test suite's fresh per-test names.
 _AUDIT = ("telerad.audit.", "audit-")
 _CONTROL = ("telerad.revocations.", "revocations-")
+# instance fingerprints: the integrity watcher (the broker's principal here) writes, every
+# broker replica reads; the audit consumers may read them too
+_FINGERPRINTS = ("telerad.fingerprints.", "fingerprints-")
 _STREAM_OUT = (
     "telerad.audit.dlq.",
     "telerad.ledger.heads.",
@@ -75,10 +78,13 @@ def _grants() -> list[AclGrant]:
         grants += [AclGrant(principal, "topic", p, ("DESCRIBE_CONFIGS",)) for p in _AUDIT]
         grants += [
             AclGrant(principal, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE"))
-            for p in _CONTROL
+            for p in _CONTROL + _FINGERPRINTS
         ]
     consumer = f"User:{CONSUMER}"
-    grants += [AclGrant(consumer, "topic", p, ("READ", "DESCRIBE")) for p in _AUDIT + _CONTROL]
+    grants += [
+        AclGrant(consumer, "topic", p, ("READ", "DESCRIBE"))
+        for p in _AUDIT + _CONTROL + _FINGERPRINTS
+    ]
     grants += [
         AclGrant(consumer, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE")) for p in _STREAM_OUT
     ]
@@ -235,7 +241,9 @@ def start_kafka(
     except BaseException:
         service.stop()
         raise
-    if state["secure"] and (fresh or not state.get("acls")):
+    # (again) when the grants changed since this cluster's ACLs were made: creating is idempotent
+    wanted = sum(len(grant.operations) for grant in DEV_ACLS)
+    if state["secure"] and (fresh or state.get("acls") != wanted):
         with admin_client(**admin) as client:
             made = create_acls(client, DEV_ACLS)
         progress(f"kafka: {made} ACLs created")

@@ -514,6 +514,13 @@ def _integrity_watch(args: argparse.Namespace) -> int:
             sent.append(
                 producer.send(settings.kafka.audit_topic, key=key, value=value, headers=headers)
             )
+            # every replica's copy: compacted, the newest fingerprint per SOP Instance UID
+            sop_uid = str(event.detail["fingerprint"]["sop_uid"]).encode()
+            sent.append(
+                producer.send(
+                    settings.kafka.fingerprint_topic, key=sop_uid, value=value, headers=headers
+                )
+            )
         try:
             for future in sent:
                 future.get(timeout=30)  # durable before the cursor moves past them

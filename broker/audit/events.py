@@ -33,6 +33,9 @@ class EventKind(StrEnum):
     POLICY_REVISED = "policy.revised"  # a replica saw a new policy revision (policy_revision)
     LINK_GRANTED = "link.granted"  # a decision window opened: the grant, durable before bytes
     LINK_TRANSFERRED = "link.transferred"  # what flowed inside a window, per link and series
+    # a read through a link did not match the instance's fingerprint (cut off), or had none
+    # to be checked with (served or refused, as the policy said): detail.finding, detail.action
+    INTEGRITY_VIOLATION = "integrity.violation"
 
 
 class Outcome(StrEnum):

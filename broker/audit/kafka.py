@@ -296,7 +296,8 @@ class RevocationListener:
     every second: nothing to wait for until it exists). :attr:`caught_up` turns true
     once the listener has read every partition up to the end offset it saw when it was first
     assigned them: until then the replica is not ready, so its first request already refuses a
-    link revoked before it started.
+    link revoked before it started. The fingerprint topic is read the same way (``name``
+    ``fingerprints``).
     """
 
     _PARTITIONS_EVERY_SECONDS = 10.0
@@ -309,7 +310,9 @@ class RevocationListener:
         *,
         instance: str,
         client_config: Mapping[str, Any] | None = None,
+        name: str = "revocations",
     ) -> None:
+        self._name = name
         self._bootstrap = bootstrap
         self._client_config = dict(client_config or {})
         self._topic = topic
@@ -322,7 +325,7 @@ class RevocationListener:
         self.applied = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -338,7 +341,7 @@ class RevocationListener:
                     consumer = make_consumer(
                         self._bootstrap,
                         group_id=None,
-                        client_id=f"telerad-revocations-{self._instance}",
+                        client_id=f"telerad-{self._name}-{self._instance}",
                         metadata_max_age_ms=5000,  # a topic created later is seen within 5 s
                         **self._client_config,
                     )
@@ -364,11 +367,11 @@ class RevocationListener:
                             self._apply(from_record(record.value, record.headers))
                             self.applied += 1
                         except PoisonRecord:
-                            log.warning("ignored a malformed revocation record")
+                            log.warning("ignored a malformed record on %s", self._topic)
                 if not self.caught_up.is_set():
                     self._check_caught_up(consumer)
             except Exception as exc:  # noqa: BLE001 - keep listening; Kafka may come back
-                log.warning("revocation listener: %s; retrying", type(exc).__name__)
+                log.warning("%s listener: %s; retrying", self._name, type(exc).__name__)
                 if consumer is not None:
                     consumer.close()
                     consumer = None
@@ -416,10 +419,8 @@ class RevocationListener:
         """For readiness: how far the listener is (raises while it has not caught up)."""
         if not self.caught_up.is_set():
             seen = "no partitions assigned yet" if self._ends is None else "reading"
-            raise RuntimeError(
-                f"control topic {self._topic} not yet read up to its end offsets ({seen})"
-            )
-        return f"control topic read to the end offsets seen at start; {self.applied} applied"
+            raise RuntimeError(f"topic {self._topic} not yet read up to its end offsets ({seen})")
+        return f"{self._topic} read to the end offsets seen at start; {self.applied} applied"
 
     def stop(self) -> None:
         self._stop.set()

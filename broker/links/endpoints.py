@@ -44,6 +44,7 @@ from broker.errors import (
 from broker.identity.bearer import TokenRejected
 from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
+from broker.links.integrity import policy_of, read_check
 from broker.links.token import LinkClaims, LinkInvalid
 from broker.links.transfers import Transferred
 from broker.links.window import Window, WindowKey, window_seconds
@@ -367,7 +368,11 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         await _audit_redeem(
             state, claims, principal, operation, Outcome.ALLOW, [], context, decision_id
         )
-        return await state.proxy.forward(parsed, query, dict(request.headers), link_base)
+        policy = policy_of(decision.obligations.get("unfingerprinted") if decision else None)
+        check = read_check(state, claims, principal, context, parsed.upstream, policy)
+        return await state.proxy.forward(
+            parsed, query, dict(request.headers), link_base, check=check
+        )
     # Inside a window the grant is durable already; what flows is aggregated per link and
     # series and flushed every second (broker.links.transfers).
     who = Transferred(
@@ -387,9 +392,12 @@ async def redeem(token: str, path: str, request: Request) -> Response:
     def transferred(size: int, complete: bool) -> None:
         state.transfers.record(who, upstream, size=size, ok=complete)
 
+    check = read_check(
+        state, claims, principal, context, upstream, policy_of(window.unfingerprinted)
+    )
     try:
         return await state.proxy.forward(
-            parsed, query, dict(request.headers), link_base, on_done=transferred
+            parsed, query, dict(request.headers), link_base, on_done=transferred, check=check
         )
     except TeleradError:
         transferred(0, False)
@@ -454,6 +462,7 @@ async def _decide_window(
                 start=context.now,
                 end=context.now + seconds,
                 grant_id=event.id,
+                unfingerprinted=policy_of(decision.obligations.get("unfingerprinted")),
             )
         )
         return [event]

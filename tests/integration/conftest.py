@@ -29,6 +29,11 @@ class Broker:
     client: httpx.AsyncClient
     settings: Settings
 
+    @property
+    def metrics_url(self) -> str:
+        """``/metrics`` on the broker's own metrics listener (never on its HTTP port)."""
+        return f"http://127.0.0.1:{self.app.state.metrics_server.port}/metrics"
+
 
 @pytest.fixture
 def broker_env(stack: Stack) -> Iterator[dict[str, str]]:
@@ -65,6 +70,11 @@ class LiveBroker:
     app: FastAPI
     url: str
     audit: MemorySink
+
+    @property
+    def metrics_url(self) -> str:
+        """``/metrics`` on the broker's own metrics listener (never on its HTTP port)."""
+        return f"http://127.0.0.1:{self.app.state.metrics_server.port}/metrics"
 
 
 @contextmanager

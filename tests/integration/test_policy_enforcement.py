@@ -55,6 +55,7 @@ class TestRules:
             "break_glass": False,
             "bearer_only_redeem": False,
             "redeem_window_seconds": 0,
+            "unfingerprinted": "serve",
         }
         assert result["decision_id"]
         assert broker.audit.events[-1].decision_id == result["decision_id"]

@@ -84,7 +84,7 @@ def test_a_viewer_opening_a_large_study_is_not_limited(
     ada = password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
     with serve(Settings(), MemorySink()) as live:  # the default limits
         opens = [_open_through_a_link(live, ada, viewer_study.study_uid) for _ in range(3)]
-        metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
+        metrics = httpx.get(live.metrics_url, timeout=30).text
     for opened in opens:
         print(
             f"\nstudy open through a link, default limits: {opened.frames} frames, "
@@ -148,7 +148,7 @@ def test_bulk_issuance_is_refused_past_the_limit_then_allowed_again(
     assert len(denials) == statuses.count(429)
     assert {e.subject for e in denials} == {"npi:1000000001"}
     assert all(e.outcome is Outcome.DENY and e.action == "issue_link" for e in denials)
-    metrics = httpx.get(f"{limited.url}/metrics", timeout=30).text
+    metrics = httpx.get(limited.metrics_url, timeout=30).text
     assert f'telerad_rate_limited_total{{scope="issue_link"}} {len(denials)}.0' in metrics
 
     # another person (the chest study's referring physician) is not affected

@@ -27,6 +27,7 @@ test_break_glass_overrides_missing_assignment if {
 			"break_glass": true,
 			"bearer_only_redeem": false,
 			"redeem_window_seconds": 0,
+			"unfingerprinted": "refuse",
 		},
 	}
 }
@@ -58,6 +59,7 @@ test_break_glass_overrides_explicit_assignment_for_sensitive_study if {
 			"break_glass": true,
 			"bearer_only_redeem": false,
 			"redeem_window_seconds": 0,
+			"unfingerprinted": "refuse",
 		},
 	}
 }

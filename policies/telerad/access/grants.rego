@@ -149,3 +149,11 @@ _rate_limit[field] := min(values) if {
 default _rate_limit_obligation := {}
 
 _rate_limit_obligation := {"rate_limit": _rate_limit} if count(_rate_limit) > 0
+
+# unfingerprinted: what the proxy does with an instance or frame that has no
+# fingerprint (never recorded by the integrity watcher): "serve" it unchecked
+# or "refuse" it. data.telerad.settings.unfingerprinted; anything but "serve"
+# (missing included) is "refuse".
+default _unfingerprinted := "refuse"
+
+_unfingerprinted := "serve" if object.get(data.telerad.settings, "unfingerprinted", "refuse") == "serve"

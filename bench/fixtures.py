@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,9 +204,15 @@ def build_large_study(instances: int = 40, size: int = 512, name: str = "large-c
     return LargeStudy(study_uid, out)
 
 
-def store_study(orthanc_url: str, auth: tuple[str, str], study: LargeStudy) -> None:
-    """Store the study's instances in Orthanc through its REST API (idempotent)."""
-    with httpx.Client(base_url=orthanc_url, auth=auth, timeout=60) as client:
+def store_study(
+    orthanc_url: str,
+    auth: tuple[str, str],
+    study: LargeStudy,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Store the study's instances in Orthanc through its REST API (idempotent); ``verify``:
+    the TLS context of an ``https://`` Orthanc (the dev stack's CA)."""
+    with httpx.Client(base_url=orthanc_url, auth=auth, timeout=60, verify=verify) as client:
         for blob in study.instances:
             client.post("/instances", content=blob).raise_for_status()
 

@@ -23,6 +23,7 @@ from bench.viewer import StudyOpen, open_study
 from broker.audit import EventKind, MemorySink, Outcome
 from broker.config import Settings
 from devstack.samples import sample_studies
+from devstack.services import orthanc_client, orthanc_ssl_context
 from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token
@@ -57,7 +58,8 @@ def viewer_study(stack: Stack, broker_env: dict[str, str], tmp_path: Path) -> It
         (str(orthanc.extra["user"]), str(orthanc.extra["password"])),
     )
     study = build_large_study(500, 64, name="rate-limit-viewer")
-    store_study(url, auth, study)
+    verify = orthanc_ssl_context(orthanc)
+    store_study(url, auth, study, verify if verify is not None else True)
     facts = bench_facts_file(
         Path(broker_env["TELERAD_FACTS_FILE"]), tmp_path / "facts.json", study.study_uid
     )
@@ -65,9 +67,10 @@ def viewer_study(stack: Stack, broker_env: dict[str, str], tmp_path: Path) -> It
         with mock.patch.dict(os.environ, {"TELERAD_FACTS_FILE": str(facts)}):
             yield study
     finally:
-        found = httpx.post(f"{url}/tools/lookup", content=study.study_uid, auth=auth, timeout=30)
-        for hit in found.json():
-            httpx.delete(f"{url}/studies/{hit['ID']}", auth=auth, timeout=60)
+        with orthanc_client(orthanc, timeout=60) as rest:
+            found = rest.post("/tools/lookup", content=study.study_uid)
+            for hit in found.json():
+                rest.delete(f"/studies/{hit['ID']}")
 
 
 def _open_through_a_link(live: LiveBroker, bearer: str, study_uid: str) -> StudyOpen:

@@ -50,6 +50,8 @@ from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
 from broker.upstream import RetryStaleAsyncTransport
+from broker.worklist import WorklistState
+from broker.worklist import from_record as worklist_record
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
 
@@ -170,6 +172,9 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     audit_sink: AuditSink = audit or _audit_sink(settings)
     windows = DecisionWindows()
     revocations.add_listener(windows.on_change)
+    worklist = WorklistState()
+    # a study's assignment changed: its decision windows end here (a listener of revocations)
+    worklist.add_listener(lambda study_uid: revocations.changed("assignment", study_uid))
 
     def apply_control(event: AuditEvent) -> bool:
         # The study facts (and recorded Consents) first: a window that ends on a consent change
@@ -193,6 +198,21 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         if isinstance(audit_sink, KafkaAuditSink)
         else None
     )
+    # The RIS's worklist comes from Kafka whenever the broker is configured for Kafka (also with
+    # an audit sink handed in, as the tests do); only the RIS's principal may write the topic.
+    worklist_listener = (
+        RevocationListener(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.worklist_topic,
+            worklist.apply,
+            instance=settings.instance_id,
+            client_config=security_config(settings.kafka),
+            decode=worklist_record,
+            label="worklist topic",
+        )
+        if settings.audit_sink == "kafka" and settings.kafka.worklist_topic
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -211,7 +231,9 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     settings=settings,
                     http=http,
                     opa=opa,
-                    readiness=ReadinessChecker(settings, http, opa, bearer, listener),
+                    readiness=ReadinessChecker(
+                        settings, http, opa, bearer, listener, worklist=worklist_listener
+                    ),
                     bearer=bearer,
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
                     audit=audit_sink,
@@ -224,7 +246,7 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                         ttl_seconds=settings.facts_ttl_seconds,
                         patient_consent=consents.effect_for,
                     ),
-                    enforcer=PolicyEnforcer(opa, audit_sink, metrics),
+                    enforcer=PolicyEnforcer(opa, audit_sink, metrics, worklist),
                     links=links,
                     proxy=DicomwebProxy(settings.pacs, http),
                     metrics=metrics,
@@ -232,10 +254,14 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     consents=consents,
                     windows=windows,
                     transfers=transfers,
+                    worklist=worklist,
+                    worklist_listener=worklist_listener,
                 )
                 transfers.start()
                 if listener is not None:
                     listener.start()  # after the state it applies events to exists
+                if worklist_listener is not None:
+                    worklist_listener.start()
                 watcher = asyncio.create_task(_watch_policy_revision(_state(app)))
                 yield
             finally:
@@ -244,6 +270,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                 await transfers.close()  # the last second of transfer records, before the sink
                 if listener is not None:
                     await asyncio.to_thread(listener.stop)
+                if worklist_listener is not None:
+                    await asyncio.to_thread(worklist_listener.stop)
                 await opa.close()
                 await audit_sink.close()
 

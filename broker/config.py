@@ -141,6 +141,10 @@ class KafkaSettings(_Section):
     audit_topic: str = "telerad.audit.v1"
     # The control topic: revoked and consent.changed events, applied by every replica.
     revocation_topic: str = "telerad.revocations.v1"
+    # The RIS's worklist (compacted, keyed by study; only the RIS's principal writes it): every
+    # replica keeps the current assignments from it. Empty: no worklist, so no study is
+    # explicitly assigned (the policy then allows only by group coverage or break-glass).
+    worklist_topic: str = "telerad.worklist.v1"
     ack_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # then the request is 503
     security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = "SASL_SSL"
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.requests import HTTPConnection
 
 from broker.audit import AuditSink
+from broker.audit.kafka import RevocationListener
 from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
@@ -23,6 +24,7 @@ from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
 from broker.revocation import Revocations
+from broker.worklist import WorklistState
 
 __all__ = ["AppState", "state_of"]
 
@@ -48,6 +50,8 @@ class AppState:
     consents: ConsentStore
     windows: DecisionWindows
     transfers: TransferLog
+    worklist: WorklistState = field(default_factory=WorklistState)  # the RIS's assignments
+    worklist_listener: RevocationListener | None = None  # reads them from the worklist topic
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -154,3 +154,27 @@ class TestState:
         state.apply(event(study_uid="1.2.3.1", priority=Priority.ROUTINE))
         state.apply(event(study_uid="1.2.3.2", priority=Priority.STAT))
         assert [a.study_uid for a in state.for_reader(ADA)] == ["1.2.3.2", "1.2.3.1"]
+
+
+class TestPublishCommand:
+    def test_dry_run_prints_the_record_it_would_send(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from broker.cli import main
+
+        argv = ["worklist", "publish", "assigned", UID, "--facility", "st-olaf"]
+        assert main([*argv, "--reader", ADA, "--priority", "stat", "--dry-run"]) == 0
+        record, data = capsys.readouterr().out.splitlines()
+        assert json.loads(record)["key"] == UID
+        assert json.loads(record)["headers"]["ce_type"] == "org.telerad.worklist.assigned.v1"
+        check_against_schema(json.loads(data))
+        assert json.loads(data)["priority"] == "stat"
+
+    def test_an_inconsistent_event_is_refused_before_kafka(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from broker.cli import main
+
+        argv = ["worklist", "publish", "closed", UID, "--facility", "st-olaf", "--reader", ADA]
+        assert main(argv) == 2
+        assert "no readers" in capsys.readouterr().err

@@ -1,0 +1,162 @@
+"""The RIS's worklist against the real stack: Kafka (TLS, SCRAM, ACLs), OPA, Keycloak, Orthanc.
+
+Assignment and unassignment move a study into and out of a radiologist's decisions on two
+replicas within a second; a replica started after the events decides the same from its first
+request; only the RIS's principal can write the topic; a malformed record changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from broker.config import Settings
+from broker.stack._procs import free_port
+from broker.stack.kafka_cluster import BROKER, INTRUDER, RIS, client_kwargs
+from broker.stack.samples import sample_studies
+from broker.stack.stack import Stack
+from broker.worklist import WorklistEvent, WorklistKind, to_record
+from tests.integration.conftest import LiveBroker, serve
+from tests.integration.helpers import password_token, publish_worklist
+
+pytestmark = pytest.mark.integration
+
+STUDY = {s.key: s for s in sample_studies()}
+J2K = STUDY["stolaf-mr-j2k"]  # st-olaf, assigned to nobody by the sample worklist
+ADA = "npi:1000000001"
+
+
+def decide(live: LiveBroker, bearer: str, study_uid: str = J2K.study_uid) -> dict[str, Any]:
+    answer = httpx.post(
+        f"{live.url}/api/decisions",
+        json={"study_uid": study_uid},
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def seconds_until(live: LiveBroker, bearer: str, allow: bool, limit: float = 10.0) -> float:
+    started = time.monotonic()
+    while decide(live, bearer)["allow"] is not allow:
+        assert time.monotonic() - started < limit, f"{live.url} never decided allow={allow}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def worklist(broker_env: dict[str, str]) -> Iterator[str]:
+    topic = f"worklist-{uuid.uuid4().hex[:10]}"
+    with mock.patch.dict(os.environ, {"TELERAD_KAFKA__WORKLIST_TOPIC": topic}):
+        yield topic
+
+
+def replica() -> Settings:
+    return Settings(public_url=f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+def ada(stack: Stack) -> str:
+    return password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
+
+
+class TestAssignment:
+    def test_assign_and_unassign_reach_both_replicas_within_a_second(
+        self, stack: Stack, worklist: str, ada: str
+    ) -> None:
+        with ExitStack() as running:
+            replicas = [running.enter_context(serve(replica())) for _ in range(2)]
+            assert [decide(r, ada)["allow"] for r in replicas] == [False, False]
+            publish_worklist(stack, worklist, J2K.study_uid, [ADA], reader=ADA)
+            took = [seconds_until(r, ada, True) for r in replicas]
+            assert max(took) < 1.0, took
+            reasons = [c["code"] for c in decide(replicas[1], ada)["reasons"]]
+            assert "assigned_on_worklist" in reasons
+            publish_worklist(stack, worklist, J2K.study_uid, [], reader=ADA)
+            took = [seconds_until(r, ada, False) for r in replicas]
+            assert max(took) < 1.0, took
+            refused = decide(replicas[0], ada)
+            assert [c["code"] for c in refused["reasons"]] == ["not_assigned"], refused
+
+    def test_a_replica_started_later_decides_the_same_from_its_first_request(
+        self, stack: Stack, worklist: str, ada: str
+    ) -> None:
+        publish_worklist(stack, worklist, J2K.study_uid, [ADA, "npi:1000000002"])
+        publish_worklist(stack, worklist, J2K.study_uid, [ADA], reader="npi:1000000002")
+        with serve(replica()) as late:
+            ready = httpx.get(f"{late.url}/readyz", timeout=30).json()
+            assert ready["checks"]["worklist-topic"]["ready"] is True, ready
+            assert "2 applied" in ready["checks"]["worklist-topic"]["detail"], ready
+            assert decide(late, ada)["allow"] is True
+
+    def test_the_worklist_page_lists_the_assigned_study_with_its_priority(
+        self, stack: Stack, worklist: str
+    ) -> None:
+        publish_worklist(stack, worklist, J2K.study_uid, [ADA], priority="stat")
+        with serve(replica()) as live:
+            state = live.app.state.telerad
+            (mine,) = state.worklist.for_reader(ADA)
+            assert (mine.study_uid, mine.priority.value) == (J2K.study_uid, "stat")
+
+
+class TestForgedAndMalformed:
+    @pytest.mark.parametrize("user", [INTRUDER, BROKER])
+    def test_only_the_ris_may_write_the_worklist(
+        self, stack: Stack, worklist: str, user: str
+    ) -> None:
+        publish_worklist(stack, worklist, J2K.study_uid, [ADA])  # the topic exists
+        event = WorklistEvent(
+            kind=WorklistKind.ASSIGNED,
+            study_uid=J2K.study_uid,
+            facility="st-olaf",
+            readers=["npi:1000000009"],
+            assigning_system="forged",
+        )
+        key, value, headers = to_record(event, source="/forged")
+        producer = KafkaProducer(
+            **client_kwargs(stack.services["kafka"], user), max_block_ms=5000, retries=0
+        )
+        try:
+            with pytest.raises(KafkaError):
+                producer.send(worklist, key=key, value=value, headers=headers).get(timeout=10)
+        finally:
+            producer.close(5)
+
+    def test_a_malformed_record_changes_nothing(
+        self, stack: Stack, worklist: str, ada: str
+    ) -> None:
+        publish_worklist(stack, worklist, J2K.study_uid, [ADA])
+        key, value, headers = to_record(
+            WorklistEvent(
+                kind=WorklistKind.UNASSIGNED,
+                study_uid=J2K.study_uid,
+                facility="st-olaf",
+                readers=[],
+                assigning_system="ris-test",
+            ),
+            source="/ris",
+        )
+        producer = KafkaProducer(**client_kwargs(stack.services["kafka"], RIS))
+        try:
+            # the right study, a bad body (an unknown priority): refused, the study stays assigned
+            bad = value.replace(b'"priority":"routine"', b'"priority":"whenever"')
+            producer.send(worklist, key=key, value=bad, headers=headers).get(timeout=10)
+            producer.send(worklist, key=key, value=b"{", headers=headers).get(timeout=10)
+        finally:
+            producer.close(5)
+        with serve(replica()) as live:
+            listener = live.app.state.telerad.worklist_listener
+            assert (listener.applied, listener.rejected) == (1, 2)
+            assert decide(live, ada)["allow"] is True

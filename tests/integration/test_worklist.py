@@ -27,7 +27,7 @@ from broker.stack.samples import sample_studies
 from broker.stack.stack import Stack
 from broker.worklist import WorklistEvent, WorklistKind, to_record
 from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token, publish_worklist
+from tests.integration.helpers import browser_login, password_token, publish_worklist
 
 pytestmark = pytest.mark.integration
 
@@ -101,14 +101,27 @@ class TestAssignment:
             assert "2 applied" in ready["checks"]["worklist-topic"]["detail"], ready
             assert decide(late, ada)["allow"] is True
 
-    def test_the_worklist_page_lists_the_assigned_study_with_its_priority(
+    async def test_the_worklist_page_lists_the_assigned_study_with_its_priority(
         self, stack: Stack, worklist: str
     ) -> None:
         publish_worklist(stack, worklist, J2K.study_uid, [ADA], priority="stat")
         with serve(replica()) as live:
-            state = live.app.state.telerad
-            (mine,) = state.worklist.for_reader(ADA)
-            assert (mine.study_uid, mine.priority.value) == (J2K.study_uid, "stat")
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def plain_http_cookies(_: httpx.Response) -> None:
+                    for cookie in client.cookies.jar:  # Keycloak's Secure cookies over http
+                        cookie.secure = False
+
+                client.event_hooks["response"] = [plain_http_cookies]
+                page = await browser_login(
+                    client, live.url, idp="hospital-a", username="ada", next_path="/"
+                )
+            assert page.status_code == 200, page.text
+            row = page.text.split(f'data-study-uid="{J2K.study_uid}"', 1)[1].split("</tr>")[0]
+            assert "priority-stat" in row and "assigned by ris-test" in row, row
+            # the rows of the sample worklist carry no priority of this RIS: stat comes first
+            first = page.text.split("data-study-uid=", 2)[1]
+            assert first.startswith(f'"{J2K.study_uid}"'), first[:200]
 
 
 class TestForgedAndMalformed:

@@ -68,7 +68,7 @@ class PolicyEnforcer:
         self._audit = audit
         self._metrics = metrics
         # the RIS's assignments as this replica read them (none: nothing is assigned)
-        self._worklist = worklist or WorklistState()
+        self._worklist = worklist if worklist is not None else WorklistState()
         # The latest policy (bundle) revision any decision reported; decisions reused in a
         # window hold only while it is unchanged (see broker.links.window).
         self.policy_revision: str | None = None

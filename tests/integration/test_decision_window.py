@@ -335,7 +335,9 @@ class TestAssignmentChange:
             link = issue(live.url, ben)
             assert metadata(link, ben) == 200
             # the RIS takes ben off the study: his open window ends, the next request is refused
-            publish_worklist(stack, worklist, uid, ["npi:1000000001"], reader="npi:1000000002")
+            publish_worklist(
+                stack, worklist, uid, ["npi:1000000001"], kind="unassigned", reader="npi:1000000002"
+            )
             until(lambda: metadata(link, ben) == 403, "the window was not ended")
 
     def test_closed_study_ends_the_window(self, stack: Stack, topics: dict[str, str]) -> None:

@@ -101,7 +101,7 @@ class TestAssignment:
         self, stack: Stack, worklist: str, ben: str
     ) -> None:
         assign(stack, worklist, [BEN, "npi:1000000005"])
-        assign(stack, worklist, [BEN], reader="npi:1000000005")
+        assign(stack, worklist, [BEN], kind="unassigned", reader="npi:1000000005")
         with serve(replica()) as late:
             ready = httpx.get(f"{late.url}/readyz", timeout=30).json()
             assert ready["checks"]["worklist-topic"]["ready"] is True, ready

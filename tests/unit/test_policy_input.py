@@ -87,3 +87,11 @@ def test_no_assignment_is_null() -> None:
         ADA, "issue_link", ["view"], FACTS, RequestContext("10.0.0.1", None, 0)
     )
     assert document["resource"]["assignment"] is None
+
+
+def test_the_enforcer_keeps_the_worklist_it_was_given_even_while_empty() -> None:
+    from broker.worklist import WorklistState
+
+    worklist = WorklistState()  # empty at start, filled by the listener later
+    enforcer = PolicyEnforcer(None, None, None, worklist)  # type: ignore[arg-type]
+    assert enforcer._worklist is worklist

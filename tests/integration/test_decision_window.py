@@ -341,18 +341,18 @@ class TestAssignmentChange:
             until(lambda: metadata(link, ben) == 403, "the window was not ended")
 
     def test_closed_study_ends_the_window(self, stack: Stack, topics: dict[str, str]) -> None:
-        uid = CT.study_uid
+        uid = STUDY["stolaf-mr-j2k"].study_uid  # eve's only by assignment (no reading group)
         worklist = f"worklist-{uuid.uuid4().hex[:10]}"
-        publish_worklist(stack, worklist, uid, ["npi:1000000001"])
-        ada = token(stack, "ada")
+        publish_worklist(stack, worklist, uid, ["npi:1000000005"])
+        eve = token(stack, "eve")
         with (
             mock.patch.dict(os.environ, {"TELERAD_KAFKA__WORKLIST_TOPIC": worklist}),
             serve(Settings()) as live,
         ):
-            link = issue(live.url, ada)
-            assert metadata(link, ada) == 200
+            link = issue(live.url, eve, uid)
+            assert metadata(link, eve) == 200
             publish_worklist(stack, worklist, uid, [], kind="closed")
-            until(lambda: metadata(link, ada) == 403, "the window was not ended")
+            until(lambda: metadata(link, eve) == 403, "the window was not ended")
 
 
 def read_topic(stack: Stack, topic: str) -> list[AuditEvent]:

@@ -32,18 +32,19 @@ from tests.integration.helpers import browser_login, password_token, publish_wor
 pytestmark = pytest.mark.integration
 
 STUDY = {s.key: s for s in sample_studies()}
-# mercy-ny: ben is privileged and licensed there and in no reading group, so only an explicit
-# assignment lets him read it (the tests' fresh worklist topics start with no assignment)
-MERCY = STUDY["mercy-ct-head"]
-BEN = "npi:1000000002"
+# st-olaf, not sensitive: eve (npi:1000000005) is privileged and licensed there and in no
+# reading group, so only an explicit assignment lets her read it (the tests' fresh worklist
+# topics start with no assignment; ada's reading group covers St Olaf, ben needs MFA at Mercy)
+J2K = STUDY["stolaf-mr-j2k"]
+EVE = "npi:1000000005"
 
 
 def assign(stack: Stack, topic: str, readers: list[str], **fields: Any) -> None:
-    """Publish the RIS's assignment of the Mercy study (its facility: mercy-ny)."""
-    publish_worklist(stack, topic, MERCY.study_uid, readers, facility=MERCY.facility, **fields)
+    """Publish the RIS's assignment of the study under test (at its facility)."""
+    publish_worklist(stack, topic, J2K.study_uid, readers, facility=J2K.facility, **fields)
 
 
-def decide(live: LiveBroker, bearer: str, study_uid: str = MERCY.study_uid) -> dict[str, Any]:
+def decide(live: LiveBroker, bearer: str, study_uid: str = J2K.study_uid) -> dict[str, Any]:
     answer = httpx.post(
         f"{live.url}/api/decisions",
         json={"study_uid": study_uid},
@@ -75,43 +76,43 @@ def replica() -> Settings:
 
 
 @pytest.fixture
-def ben(stack: Stack) -> str:
-    return password_token(stack.services["keycloak"].endpoints["hospital-a"], "ben")
+def eve(stack: Stack) -> str:
+    return password_token(stack.services["keycloak"].endpoints["hospital-a"], "eve")
 
 
 class TestAssignment:
     def test_assign_and_unassign_reach_both_replicas_within_a_second(
-        self, stack: Stack, worklist: str, ben: str
+        self, stack: Stack, worklist: str, eve: str
     ) -> None:
         with ExitStack() as running:
             replicas = [running.enter_context(serve(replica())) for _ in range(2)]
-            assert [decide(r, ben)["allow"] for r in replicas] == [False, False]
-            assign(stack, worklist, [BEN], reader=BEN)
-            took = [seconds_until(r, ben, True) for r in replicas]
+            assert [decide(r, eve)["allow"] for r in replicas] == [False, False]
+            assign(stack, worklist, [EVE], reader=EVE)
+            took = [seconds_until(r, eve, True) for r in replicas]
             assert max(took) < 1.0, took
-            reasons = [c["code"] for c in decide(replicas[1], ben)["reasons"]]
+            reasons = [c["code"] for c in decide(replicas[1], eve)["reasons"]]
             assert "assigned_on_worklist" in reasons
-            assign(stack, worklist, [], reader=BEN)
-            took = [seconds_until(r, ben, False) for r in replicas]
+            assign(stack, worklist, [], reader=EVE)
+            took = [seconds_until(r, eve, False) for r in replicas]
             assert max(took) < 1.0, took
-            refused = decide(replicas[0], ben)
+            refused = decide(replicas[0], eve)
             assert [c["code"] for c in refused["reasons"]] == ["not_assigned"], refused
 
     def test_a_replica_started_later_decides_the_same_from_its_first_request(
-        self, stack: Stack, worklist: str, ben: str
+        self, stack: Stack, worklist: str, eve: str
     ) -> None:
-        assign(stack, worklist, [BEN, "npi:1000000005"])
-        assign(stack, worklist, [BEN], kind="unassigned", reader="npi:1000000005")
+        assign(stack, worklist, [EVE, "npi:1000000001"])
+        assign(stack, worklist, [EVE], kind="unassigned", reader="npi:1000000001")
         with serve(replica()) as late:
             ready = httpx.get(f"{late.url}/readyz", timeout=30).json()
             assert ready["checks"]["worklist-topic"]["ready"] is True, ready
             assert "2 applied" in ready["checks"]["worklist-topic"]["detail"], ready
-            assert decide(late, ben)["allow"] is True
+            assert decide(late, eve)["allow"] is True
 
     async def test_the_worklist_page_lists_the_assigned_study_with_its_priority(
         self, stack: Stack, worklist: str
     ) -> None:
-        assign(stack, worklist, [BEN], priority="stat")
+        assign(stack, worklist, [EVE], priority="stat")
         with serve(replica()) as live:
             async with httpx.AsyncClient(timeout=30) as client:
 
@@ -121,12 +122,12 @@ class TestAssignment:
 
                 client.event_hooks["response"] = [plain_http_cookies]
                 page = await browser_login(
-                    client, live.url, idp="hospital-a", username="ben", next_path="/"
+                    client, live.url, idp="hospital-a", username="eve", next_path="/"
                 )
             assert page.status_code == 200, page.text
-            row = page.text.split(f'data-study-uid="{MERCY.study_uid}"', 1)[1].split("</tr>")[0]
+            row = page.text.split(f'data-study-uid="{J2K.study_uid}"', 1)[1].split("</tr>")[0]
             assert "priority-stat" in row and "assigned by ris-test" in row, row
-            assert page.text.count("data-study-uid=") == 1  # nothing else is ben's on this topic
+            assert page.text.count("data-study-uid=") == 1  # nothing else is eve's on this topic
 
 
 class TestForgedAndMalformed:
@@ -134,10 +135,10 @@ class TestForgedAndMalformed:
     def test_only_the_ris_may_write_the_worklist(
         self, stack: Stack, worklist: str, user: str
     ) -> None:
-        assign(stack, worklist, [BEN])  # the topic exists
+        assign(stack, worklist, [EVE])  # the topic exists
         event = WorklistEvent(
             kind=WorklistKind.ASSIGNED,
-            study_uid=MERCY.study_uid,
+            study_uid=J2K.study_uid,
             facility="st-olaf",
             readers=["npi:1000000009"],
             assigning_system="forged",
@@ -153,13 +154,13 @@ class TestForgedAndMalformed:
             producer.close(5)
 
     def test_a_malformed_record_changes_nothing(
-        self, stack: Stack, worklist: str, ben: str
+        self, stack: Stack, worklist: str, eve: str
     ) -> None:
-        assign(stack, worklist, [BEN])
+        assign(stack, worklist, [EVE])
         key, value, headers = to_record(
             WorklistEvent(
                 kind=WorklistKind.UNASSIGNED,
-                study_uid=MERCY.study_uid,
+                study_uid=J2K.study_uid,
                 facility="st-olaf",
                 readers=[],
                 assigning_system="ris-test",
@@ -177,4 +178,4 @@ class TestForgedAndMalformed:
         with serve(replica()) as live:
             listener = live.app.state.telerad.worklist_listener
             assert (listener.applied, listener.rejected) == (1, 2)
-            assert decide(live, ben)["allow"] is True
+            assert decide(live, eve)["allow"] is True

@@ -340,19 +340,22 @@ class TestAssignmentChange:
             )
             until(lambda: metadata(link, ben) == 403, "the window was not ended")
 
-    def test_closed_study_ends_the_window(self, stack: Stack, topics: dict[str, str]) -> None:
-        uid = STUDY["stolaf-mr-j2k"].study_uid  # eve's only by assignment (no reading group)
+    def test_closed_study_ends_the_window(
+        self, stack: Stack, topics: dict[str, str], own_opa: Any
+    ) -> None:
+        opa = own_opa.endpoints["url"]
+        no_coverage = [{"op": "replace", "path": "/coverage", "value": {}}]  # assignment only
+        assert httpx.patch(f"{opa}/v1/data/telerad", json=no_coverage).status_code == 204
+        uid = CT.study_uid
         worklist = f"worklist-{uuid.uuid4().hex[:10]}"
-        publish_worklist(stack, worklist, uid, ["npi:1000000005"])
-        eve = token(stack, "eve")
-        with (
-            mock.patch.dict(os.environ, {"TELERAD_KAFKA__WORKLIST_TOPIC": worklist}),
-            serve(Settings()) as live,
-        ):
-            link = issue(live.url, eve, uid)
-            assert metadata(link, eve) == 200
+        publish_worklist(stack, worklist, uid, ["npi:1000000001"])
+        ada = token(stack, "ada")
+        env = {"TELERAD_OPA__URL": opa, "TELERAD_KAFKA__WORKLIST_TOPIC": worklist}
+        with mock.patch.dict(os.environ, env), serve(Settings()) as live:
+            link = issue(live.url, ada)
+            assert metadata(link, ada) == 200
             publish_worklist(stack, worklist, uid, [], kind="closed")
-            until(lambda: metadata(link, eve) == 403, "the window was not ended")
+            until(lambda: metadata(link, ada) == 403, "the window was not ended")
 
 
 def read_topic(stack: Stack, topic: str) -> list[AuditEvent]:

@@ -21,10 +21,11 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from broker.config import Settings
+from broker.stack import services
 from broker.stack._procs import free_port
 from broker.stack.kafka_cluster import BROKER, INTRUDER, RIS, client_kwargs
 from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from broker.stack.stack import Stack, repo_root
 from broker.worklist import WorklistEvent, WorklistKind, to_record
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import browser_login, password_token, publish_worklist
@@ -32,11 +33,11 @@ from tests.integration.helpers import browser_login, password_token, publish_wor
 pytestmark = pytest.mark.integration
 
 STUDY = {s.key: s for s in sample_studies()}
-# st-olaf, not sensitive: eve (npi:1000000005) is privileged and licensed there and in no
-# reading group, so only an explicit assignment lets her read it (the tests' fresh worklist
-# topics start with no assignment; ada's reading group covers St Olaf, ben needs MFA at Mercy)
+# st-olaf, not sensitive: ada is privileged and licensed there; her reading group's coverage is
+# taken out of a private OPA's data (below), so only an explicit assignment lets her read it
+# (the tests' fresh worklist topics start with no assignment)
 J2K = STUDY["stolaf-mr-j2k"]
-EVE = "npi:1000000005"
+EVE = "npi:1000000001"
 
 
 def assign(stack: Stack, topic: str, readers: list[str], **fields: Any) -> None:
@@ -65,10 +66,20 @@ def seconds_until(live: LiveBroker, bearer: str, allow: bool, limit: float = 10.
 
 
 @pytest.fixture
-def worklist(broker_env: dict[str, str]) -> Iterator[str]:
-    topic = f"worklist-{uuid.uuid4().hex[:10]}"
-    with mock.patch.dict(os.environ, {"TELERAD_KAFKA__WORKLIST_TOPIC": topic}):
-        yield topic
+def worklist(broker_env: dict[str, str], tmp_path: Any) -> Iterator[str]:
+    """A fresh worklist topic, and a private OPA whose data has no group coverage."""
+    policies = repo_root() / "policies"
+    opa = services.start_opa(tmp_path, policy_paths=[policies / "telerad", policies / "data"])
+    try:
+        url = opa.endpoints["url"]
+        no_coverage = [{"op": "replace", "path": "/coverage", "value": {}}]
+        assert httpx.patch(f"{url}/v1/data/telerad", json=no_coverage).status_code == 204
+        topic = f"worklist-{uuid.uuid4().hex[:10]}"
+        env = {"TELERAD_KAFKA__WORKLIST_TOPIC": topic, "TELERAD_OPA__URL": url}
+        with mock.patch.dict(os.environ, env):
+            yield topic
+    finally:
+        opa.stop()
 
 
 def replica() -> Settings:
@@ -77,7 +88,7 @@ def replica() -> Settings:
 
 @pytest.fixture
 def eve(stack: Stack) -> str:
-    return password_token(stack.services["keycloak"].endpoints["hospital-a"], "eve")
+    return password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
 
 
 class TestAssignment:
@@ -101,8 +112,8 @@ class TestAssignment:
     def test_a_replica_started_later_decides_the_same_from_its_first_request(
         self, stack: Stack, worklist: str, eve: str
     ) -> None:
-        assign(stack, worklist, [EVE, "npi:1000000001"])
-        assign(stack, worklist, [EVE], kind="unassigned", reader="npi:1000000001")
+        assign(stack, worklist, [EVE, "npi:1000000005"])
+        assign(stack, worklist, [EVE], kind="unassigned", reader="npi:1000000005")
         with serve(replica()) as late:
             ready = httpx.get(f"{late.url}/readyz", timeout=30).json()
             assert ready["checks"]["worklist-topic"]["ready"] is True, ready
@@ -122,7 +133,7 @@ class TestAssignment:
 
                 client.event_hooks["response"] = [plain_http_cookies]
                 page = await browser_login(
-                    client, live.url, idp="hospital-a", username="eve", next_path="/"
+                    client, live.url, idp="hospital-a", username="ada", next_path="/"
                 )
             assert page.status_code == 200, page.text
             row = page.text.split(f'data-study-uid="{J2K.study_uid}"', 1)[1].split("</tr>")[0]

@@ -100,6 +100,7 @@ class TestAssignment:
             assert [decide(r, eve)["allow"] for r in replicas] == [False, False]
             assign(stack, worklist, [EVE], reader=EVE)
             took = [seconds_until(r, eve, True) for r in replicas]
+            print(f"assignment in force after {took} s")  # shown with -s
             assert max(took) < 1.0, took
             reasons = [c["code"] for c in decide(replicas[1], eve)["reasons"]]
             assert "assigned_on_worklist" in reasons
@@ -132,9 +133,11 @@ class TestAssignment:
                         cookie.secure = False
 
                 client.event_hooks["response"] = [plain_http_cookies]
-                page = await browser_login(
+                signed_in = await browser_login(
                     client, live.url, idp="hospital-a", username="ada", next_path="/"
                 )
+                assert signed_in.status_code == 303, signed_in.text
+                page = await client.get(f"{live.url}/")
             assert page.status_code == 200, page.text
             row = page.text.split(f'data-study-uid="{J2K.study_uid}"', 1)[1].split("</tr>")[0]
             assert "priority-stat" in row and "assigned by ris-test" in row, row

@@ -8,7 +8,7 @@
 # BASE is the image every stage starts from: by default the public Python image, pinned by tag
 # (where the registry is reachable, pin its digest as well: python:3.11.13-slim-bookworm@sha256:...).
 # Any Debian bookworm image with `python` (3.11) and its venv module works too: CI, with no
-# registry, builds FROM a base it makes from a debootstrap root filesystem (broker/stack/images.py;
+# registry, builds FROM a base it makes from a debootstrap root filesystem (devstack/images.py;
 # Debian's python3, python3-venv, python-is-python3). tests/helm/test_dockerfile.py checks the
 # invariants of this file, tests/containers/ those of the built image.
 ARG BASE=python:3.11.13-slim-bookworm

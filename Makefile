@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 CACHE ?= $(HOME)/.cache/telerad
 GO_TOOLS := opa,regal,helm
 export OPA := $(CACHE)/bin/opa-v1.22.3
-export REGAL := $(CACHE)/bin/regal-$(shell sed -n 's/^REGAL_VERSION = "\(.*\)"/\1/p' broker/stack/provision.py)
+export REGAL := $(CACHE)/bin/regal-$(shell sed -n 's/^REGAL_VERSION = "\(.*\)"/\1/p' devstack/provision.py)
 
 .PHONY: help
 help: ## list the targets
@@ -58,7 +58,7 @@ pytest: provision ## the pytest suite (unit + integration against the real stack
 
 .PHONY: test-containers
 test-containers: provision ## the image built and run, a subset on testcontainers (own dockerd if none answers)
-	TELERAD_STACK_BACKEND=testcontainers $(BIN)/pytest $(CONTAINER_SUBSET)
+	TELERAD_STACK_BACKEND=testcontainers TELERAD_STACK_IMAGES=$${TELERAD_STACK_IMAGES:-local} $(BIN)/pytest $(CONTAINER_SUBSET)
 
 .PHONY: test
 test: lint policy-check pytest test-containers ## README command: install, provision, lint, policy gates, all tests

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from broker.stack._procs import ManagedProcess, free_port
+from devstack._procs import ManagedProcess, free_port
 
 __all__ = ["BrokerProcess", "bench_keys", "start_broker"]
 

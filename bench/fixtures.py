@@ -22,7 +22,7 @@ from broker.dicomweb.facts import FactsCatalog, StudyFacts, StudyFactsSource
 from broker.identity.bearer import BearerValidator
 from broker.identity.principal import Principal
 from broker.policy import PolicyEnforcer, RequestContext
-from broker.stack.samples import sample_studies
+from devstack.samples import sample_studies
 
 __all__ = [
     "ADA",
@@ -40,7 +40,7 @@ __all__ = [
 
 ADA = "ada"  # npi:1000000001, hospital-a: assigned to the St Olaf chest CT, may download
 _REALM = "hospital-a"
-# Dev-only values from broker/stack/resources/keycloak/hospital-a.json (loopback stack only).
+# Dev-only values from devstack/resources/keycloak/hospital-a.json (loopback stack only).
 _API_CLIENT = "telerad-api"
 _API_SECRET = "dev-api-secret-a"  # noqa: S105
 _PASSWORD = "dev-password"  # noqa: S105
@@ -208,6 +208,40 @@ def store_study(orthanc_url: str, auth: tuple[str, str], study: LargeStudy) -> N
     with httpx.Client(base_url=orthanc_url, auth=auth, timeout=60) as client:
         for blob in study.instances:
             client.post("/instances", content=blob).raise_for_status()
+
+
+def publish_fingerprints(
+    orthanc_url: str, auth: tuple[str, str], study: LargeStudy, bootstrap: str, topic: str
+) -> int:
+    """Fingerprint the study's instances as ``telerad integrity watch`` does and publish them to
+    the fingerprint topic (keyed by SOP Instance UID), so the broker checks the study's reads."""
+    import pydicom
+
+    from broker.audit.cloudevents import to_record
+    from broker.audit.kafka import make_producer
+    from streams.integrity import OrthancFeed
+
+    feed = OrthancFeed(orthanc_url, auth)
+    producer = make_producer(bootstrap)
+    try:
+        with httpx.Client(base_url=orthanc_url, auth=auth, timeout=60) as client:
+            sent = []
+            for blob in study.instances:
+                sop_uid = str(
+                    pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True).SOPInstanceUID
+                )
+                (found,) = client.post("/tools/lookup", content=sop_uid).json()
+                event = feed.fingerprint(found["ID"], 0).event()
+                _, value, headers = to_record(event, source="/telerad-broker/bench")
+                sent.append(
+                    producer.send(topic, key=sop_uid.encode(), value=value, headers=headers)
+                )
+            for future in sent:
+                future.get(timeout=30)
+        return len(sent)
+    finally:
+        producer.close(5)
+        feed.close()
 
 
 def bench_facts_file(stack_facts: Path, out: Path, *study_uids: str) -> Path:

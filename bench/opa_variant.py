@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from broker.stack._procs import ManagedProcess, free_port
+from devstack._procs import ManagedProcess, free_port
 
 __all__ = ["start_quiet_opa"]
 

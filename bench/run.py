@@ -66,6 +66,15 @@ BROKER_WHATIFS = ("linger-0",)  # the broker as it is, but with no producer ling
 _NOISY = 25.0  # % of one core used outside the bench during a level: measure it again
 
 
+# The load phases send thousands of issuances and redemptions as one person, which the broker's
+# per-person rate limits exist to stop; they measure throughput, so they raise those limits.
+# The default limits' effect on a viewer is measured by tests/integration/test_rate_limits.py.
+LOAD_LIMITS = {
+    "TELERAD_RATE_LIMITS__ISSUE_BURST": "1000000000",
+    "TELERAD_RATE_LIMITS__REDEEM_BURST": "1000000000",
+}
+
+
 class Progress:
     """``[bench +12.3s] ...`` lines on stderr."""
 
@@ -129,13 +138,17 @@ class Bench:
 
     def start_stack(self) -> None:
         """Start Kafka, OPA, Keycloak and Orthanc (the stack's own progress lines follow)."""
-        from broker.stack.stack import Stack
+        from devstack.stack import Stack
 
         self.progress("starting the stack (Kafka, OPA, Keycloak, Orthanc)")
         # The audit-emit benchmarks hand their clients only --bootstrap (and the confluent-kafka
         # variant speaks librdkafka's config), so the bench's Kafka stays PLAINTEXT: TLS and
         # SCRAM costs are not measured here yet. TELERAD_STACK_KAFKA_PLAINTEXT=0 overrides.
         os.environ.setdefault("TELERAD_STACK_KAFKA_PLAINTEXT", "1")
+        # Likewise Orthanc: the bench's own HTTP client (bench.httpload) speaks no TLS, and the
+        # figures so far compare plain HTTP on both sides. TELERAD_STACK_ORTHANC_PLAINTEXT=0
+        # runs it over HTTPS (the bench's httpx clients would then need the stack's CA).
+        os.environ.setdefault("TELERAD_STACK_ORTHANC_PLAINTEXT", "1")
         self.stack = Stack.start(run_dir=self.run_dir / "stack")
         self.env = self.stack.broker_env()
         for name, service in self.stack.services.items():
@@ -184,6 +197,20 @@ class Bench:
         viewer = fixtures.build_large_study(plan.viewer_frames, plan.viewer_size, name="viewer-ct")
         fixtures.store_study(self._orthanc_url(), self._orthanc_auth(), viewer)
         self.viewer_study = viewer
+        # The read-path integrity check (issue 15): the viewer study's fingerprints on the
+        # fingerprint topic, so every frame read through a link is hashed and compared;
+        # BENCH_INTEGRITY_CHECK=false runs the broker with the check off, for the comparison.
+        check = os.environ.get("BENCH_INTEGRITY_CHECK", "true")
+        self.env["TELERAD_INTEGRITY__CHECK_READS"] = check
+        published = fixtures.publish_fingerprints(
+            self._orthanc_url(),
+            self._orthanc_auth(),
+            viewer,
+            self.env["TELERAD_KAFKA__BOOTSTRAP_SERVERS"],
+            self.env.get("TELERAD_KAFKA__FINGERPRINT_TOPIC", "telerad.fingerprints.v1"),
+        )
+        self.progress(f"integrity check on reads: {check} ({published} fingerprints published)")
+        self.results["integrity_check_reads"] = check
         facts = fixtures.bench_facts_file(
             Path(self.env["TELERAD_FACTS_FILE"]),
             self.run_dir / "bench-facts.json",
@@ -367,7 +394,7 @@ class Bench:
         key = f"{workers}w" + (f" what-if {whatif}" if whatif else "")
         self.progress(f"starting the broker ({key})")
         broker = start_broker(
-            self.env,
+            self.env | LOAD_LIMITS,
             self.run_dir,
             workers=workers,
             log_name=f"broker-{key.replace(' ', '-')}",

@@ -8,12 +8,12 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from broker import __version__
@@ -27,6 +27,7 @@ from broker.dicomweb.proxy import DicomwebProxy
 from broker.errors import install_error_handlers
 from broker.fhir.consent import router as fhir_router
 from broker.fhir.records import ConsentStore
+from broker.fingerprints import FingerprintIndex, ServedUnchecked
 from broker.health import CheckReport, Readiness, ReadinessChecker
 from broker.identity.bearer import BearerValidator
 from broker.identity.dpop import DpopVerifier
@@ -39,19 +40,31 @@ from broker.links.token import LinkCodec
 from broker.links.transfers import TransferLog
 from broker.links.window import DecisionWindows
 from broker.logs import configure_logging
-from broker.metrics import Metrics
+from broker.metrics import Metrics, metrics_server
 from broker.opa import OpaGateway
 from broker.openapi import BrokerAPI
+from broker.ops_server import OpsServer
 from broker.pages.routes import router as pages_router
 from broker.pages.security import SecurityHeadersMiddleware
 from broker.pages.viewer import OhifFiles
 from broker.pages.viewer import router as viewer_router
 from broker.policy import PolicyEnforcer
+from broker.ratelimits import RateLimits
 from broker.revocation import Revocations, apply_event
 from broker.state import AppState, state_of
+from broker.tls import pacs_async_transport, pacs_mount, pacs_verify
+from broker.tracing import (
+    NO_FASTAPI_TELEMETRY,
+    TracingMiddleware,
+    TracingTransport,
+    configure_tracing,
+)
 from broker.upstream import RetryStaleAsyncTransport
 from broker.worklist import WorklistState
 from broker.worklist import from_record as worklist_record
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["create_app", "link_keyring", "session_keyring"]
 
@@ -120,6 +133,16 @@ def _audit_sink(settings: Settings) -> AuditSink:
     return LogSink()
 
 
+def _check_pacs_transport(settings: Settings) -> None:
+    """Refuse plain HTTP to the PACS in production, and unreadable TLS files anywhere."""
+    if settings.pacs.plaintext and settings.environment == "production":
+        raise ValueError(
+            "TELERAD_PACS__URL is http:// and not allowed in production: images and patient "
+            "data would cross the network unencrypted and the PACS would be unauthenticated"
+        )
+    pacs_verify(settings.pacs)  # loads the CA bundle and client certificate now, not mid-request
+
+
 def _state(app: FastAPI) -> AppState:
     state: AppState = app.state.telerad
     return state
@@ -160,15 +183,23 @@ async def _watch_policy_revision(state: AppState) -> None:
             log.warning("policy.revised not published; other replicas learn it themselves")
 
 
-def create_app(settings: Settings | None = None, *, audit: AuditSink | None = None) -> FastAPI:
-    """Build the broker application."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    audit: AuditSink | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> FastAPI:
+    """Build the broker application (``span_exporter``: where spans go instead of OTLP, when
+    ``settings.tracing.enabled``; tests pass an in-memory one)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    tracing = configure_tracing(settings.tracing, span_exporter)
     revocations = Revocations()
     consents = ConsentStore()
     pseudonym_key = _pseudonym_key(settings)
     links = LinkCodec(link_keyring(settings))
     metrics = Metrics()
+    _check_pacs_transport(settings)
     audit_sink: AuditSink = audit or _audit_sink(settings)
     windows = DecisionWindows()
     revocations.add_listener(windows.on_change)
@@ -213,26 +244,63 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         if settings.audit_sink == "kafka" and settings.kafka.worklist_topic
         else None
     )
+    # Every replica reads the fingerprint topic whole into memory (broker.fingerprints) and is
+    # ready only once it has: no read is checked against a partial index.
+    fingerprints = (
+        FingerprintIndex(settings.integrity.index_mib * 1024 * 1024)
+        if listener is not None and settings.integrity.check_reads
+        else None
+    )
+    fingerprint_listener = (
+        RevocationListener(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.fingerprint_topic,
+            fingerprints.apply,
+            instance=settings.instance_id,
+            client_config=security_config(settings.kafka),
+            name="fingerprints",
+            label="fingerprints topic",
+        )
+        if fingerprints is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        transport: httpx.AsyncBaseTransport = RetryStaleAsyncTransport()
+        # requests to the PACS's origin go through its TLS (CA bundle, client certificate)
+        pacs_transport: httpx.AsyncBaseTransport = pacs_async_transport(settings.pacs)
+        if tracing:  # PACS and IdP calls: spans, traceparent
+            transport = TracingTransport(transport)
+            pacs_transport = TracingTransport(pacs_transport)
         async with httpx.AsyncClient(
-            timeout=settings.readiness_timeout_seconds, transport=RetryStaleAsyncTransport()
+            timeout=settings.readiness_timeout_seconds,
+            transport=transport,
+            mounts={pacs_mount(settings.pacs): pacs_transport},
         ) as http:
             opa = OpaGateway(settings.opa)
             await opa.open()
             if isinstance(audit_sink, KafkaAuditSink):
                 await audit_sink.start()
             watcher: asyncio.Task[None] | None = None
+            exposition: OpsServer | None = None
             transfers = TransferLog(audit_sink, flush_seconds=settings.links.transfer_flush_seconds)
             try:
+                exposition = metrics_server(settings, metrics)
+                app.state.metrics_server = exposition  # its port, for tests that scrape it
                 bearer = BearerValidator(settings.identity, settings.issuers, http)
                 app.state.telerad = AppState(
                     settings=settings,
                     http=http,
                     opa=opa,
                     readiness=ReadinessChecker(
-                        settings, http, opa, bearer, listener, worklist=worklist_listener
+                        settings,
+                        http,
+                        opa,
+                        bearer,
+                        listener,
+                        fingerprint_listener,
+                        worklist=worklist_listener,
                     ),
                     bearer=bearer,
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
@@ -256,12 +324,17 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     transfers=transfers,
                     worklist=worklist,
                     worklist_listener=worklist_listener,
+                    limits=RateLimits(settings.rate_limits),
+                    fingerprints=fingerprints,
+                    served_unchecked=ServedUnchecked() if fingerprints is not None else None,
                 )
                 transfers.start()
                 if listener is not None:
                     listener.start()  # after the state it applies events to exists
                 if worklist_listener is not None:
                     worklist_listener.start()
+                if fingerprint_listener is not None:
+                    fingerprint_listener.start()
                 watcher = asyncio.create_task(_watch_policy_revision(_state(app)))
                 yield
             finally:
@@ -272,8 +345,12 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
                     await asyncio.to_thread(listener.stop)
                 if worklist_listener is not None:
                     await asyncio.to_thread(worklist_listener.stop)
+                if fingerprint_listener is not None:
+                    await asyncio.to_thread(fingerprint_listener.stop)
                 await opa.close()
                 await audit_sink.close()
+                if exposition is not None:
+                    exposition.stop()
 
     app = BrokerAPI(
         title="telerad-broker",
@@ -282,6 +359,10 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         docs_url=None,
         redoc_url=None,
         session_cookie=settings.identity.session_cookie,
+        # FastAPI's own OpenTelemetry spans are off: they record the raw path (link tokens,
+        # study UIDs) and the query, and log validation failures with their input values.
+        # broker/tracing.py names spans by route template only.
+        telemetry=NO_FASTAPI_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -299,6 +380,8 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
         session_cookie=settings.identity.session_cookie,
         hsts=str(settings.public_url).startswith("https://"),
     )
+    if tracing:
+        app.add_middleware(TracingMiddleware)  # outermost: the server span covers the rest
     app.include_router(pages_router)
     app.mount(
         "/_broker/static",
@@ -315,10 +398,6 @@ def create_app(settings: Settings | None = None, *, audit: AuditSink | None = No
     @app.get("/healthz", tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/readyz",

@@ -15,6 +15,7 @@ telerad worklist publish KIND STUDY_UID --facility F [--reader R ...] [--about R
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -37,14 +38,17 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         check_environment()
         settings = Settings()
+        # the command line's host and port win; the metrics listener binds the same host
+        overrides = {"host": args.host, "port": args.port}
+        settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         app = create_app(settings)
     except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"telerad: configuration error: {_config_message(exc)}", file=sys.stderr)
         return 2
     uvicorn.run(
         app,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
+        host=settings.host,
+        port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,
@@ -62,8 +66,22 @@ def _config_message(exc: Exception) -> str:
     return str(exc)
 
 
+def _no_devstack() -> bool:
+    """Whether the dev stack is absent (it ships with a checkout, never in the image)."""
+    if importlib.util.find_spec("devstack") is not None:
+        return False
+    print(
+        "telerad stack: the dev stack is not part of this installation; "
+        "run it from a source checkout (make run)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _provision(args: argparse.Namespace) -> int:
-    from broker.stack import provision
+    if _no_devstack():
+        return 2
+    from devstack import provision
 
     tools = tuple(t for t in args.tools.split(",") if t)
     provision.ensure_all(tools=tools)
@@ -75,9 +93,11 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from broker.stack import provision
-    from broker.stack._procs import ManagedProcess, free_port, progress
-    from broker.stack.stack import DEV_USERS, PARTS, Stack
+    if _no_devstack():
+        return 2
+    from devstack import provision
+    from devstack._procs import ManagedProcess, free_port, progress
+    from devstack.stack import DEV_USERS, PARTS, Stack
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     parts = tuple(p for p in args.parts.split(",") if p) if args.parts else PARTS

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -27,14 +27,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "ClaimMapping",
+    "ClientTlsSettings",
     "IdentitySettings",
+    "IntegritySettings",
     "IssuerSettings",
     "KafkaSettings",
     "LinkSettings",
     "OpaSettings",
     "PacsSettings",
+    "RateLimitSettings",
     "Settings",
     "StreamSettings",
+    "TracingSettings",
     "check_environment",
     "get_settings",
 ]
@@ -145,6 +149,9 @@ class KafkaSettings(_Section):
     # replica keeps the current assignments from it. Empty: no worklist, so no study is
     # explicitly assigned (the policy then allows only by group coverage or break-glass).
     worklist_topic: str = "telerad.worklist.v1"
+    # Instance fingerprints (compacted, keyed by SOP Instance UID): written by
+    # ``telerad integrity watch``, read by every replica to check what links relay.
+    fingerprint_topic: str = "telerad.fingerprints.v1"
     ack_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0  # then the request is 503
     security_protocol: Literal["SASL_SSL", "SSL", "PLAINTEXT"] = "SASL_SSL"
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
@@ -173,13 +180,79 @@ class KafkaSettings(_Section):
         return self
 
 
-class PacsSettings(_Section):
-    """The PACS's DICOMweb service (Orthanc's plugin in dev)."""
+class ClientTlsSettings(_Section):
+    """How a TLS client verifies its server and, optionally, proves who it is (mutual TLS).
 
-    url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8042/dicom-web")
+    The server's certificate is always verified, host name included: against ``ca_file`` (a PEM
+    bundle, e.g. a mounted Secret) or, without it, the system's trust store. ``cert_file`` and
+    ``key_file`` (PEM) go together and are presented when the server asks for a client
+    certificate. Built into an ``ssl.SSLContext`` by :func:`broker.tls.client_ssl_context`.
+    """
+
+    ca_file: Path | None = None  # PEM bundle of the CA(s) the server's certificate chains to
+    cert_file: Path | None = None  # client certificate chain, PEM (mutual TLS)
+    key_file: Path | None = None  # its private key, PEM
+    key_password: SecretStr | None = None  # when the key file is encrypted
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if self.key_password is not None and self.key_file is None:
+            raise ValueError("key_password without key_file")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """Whether anything differs from "system trust store, no client certificate"."""
+        return self.ca_file is not None or self.cert_file is not None
+
+
+class PacsSettings(_Section):
+    """The PACS's DICOMweb service (Orthanc's plugin in dev), over HTTPS.
+
+    ``https://`` URLs are verified with ``tls`` (CA bundle, optional client certificate).
+    ``http://`` is for a loopback dev PACS only and refused in production, like PLAINTEXT Kafka.
+    """
+
+    url: AnyHttpUrl = AnyHttpUrl("https://127.0.0.1:8042/dicom-web")
     username: str | None = None
     password: SecretStr | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    tls: ClientTlsSettings = ClientTlsSettings()
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> PacsSettings:
+        if self.url.scheme != "https" and self.tls.configured:
+            raise ValueError("pacs.tls is set but pacs.url is not https:// (nothing would use it)")
+        return self
+
+    @property
+    def plaintext(self) -> bool:
+        """Whether the PACS is spoken to without TLS (``http://``)."""
+        return self.url.scheme != "https"
+
+
+class RateLimitSettings(_Section):
+    """Per-subject token buckets (``broker.ratelimits``), counted per replica.
+
+    A bucket holds ``*_burst`` requests and refills at ``*_per_minute``; with ``n`` replicas a
+    person gets at most ``n`` times these. Policy obligations (``rate_limit``) may lower them.
+    """
+
+    enabled: bool = True
+    # links one person may issue: a shift's worklist opened quickly, not a whole archive
+    issue_burst: Annotated[int, Field(ge=1)] = 30
+    issue_per_minute: Annotated[float, Field(gt=0)] = 2.0  # 120 studies an hour, sustained
+    # DICOMweb requests through links by one person: a viewer asks once per frame, so the
+    # burst holds a large study (a thin-slice CT: a few thousand frames) opened at once
+    redeem_burst: Annotated[int, Field(ge=1)] = 5000
+    redeem_per_minute: Annotated[float, Field(gt=0)] = 3000.0  # 50 requests a second, sustained
+    # login attempts (GET /auth/login and /auth/callback) by one client address
+    login_burst: Annotated[int, Field(ge=1)] = 30
+    login_per_minute: Annotated[float, Field(gt=0)] = 10.0
+    login_failure_cost: Annotated[int, Field(ge=0)] = 5  # a failed callback takes this many more
+    max_keys: Annotated[int, Field(ge=100)] = 100_000  # buckets kept per scope (LRU beyond)
 
 
 class StreamSettings(_Section):
@@ -195,6 +268,9 @@ class StreamSettings(_Section):
     head_every_seconds: Annotated[float, Field(gt=0)] = 10.0
     head_every_leaves: Annotated[int, Field(gt=0)] = 1000
     export_dir: Path = Path("audit-export")
+    # syslog over TLS (RFC 5425, `telerad audit export --syslog HOST:PORT --protocol tls`): the
+    # collector's certificate is verified against this CA bundle, its host name against HOST
+    syslog_tls: ClientTlsSettings = ClientTlsSettings()
     # alerts that act (streams.containment): rules that revoke their subject everywhere
     contain_rules: list[str] = Field(default_factory=list)  # e.g. ["bulk_access"]; opt-in
     contain_allow: list[str] = Field(default_factory=list)  # subjects never contained
@@ -205,6 +281,41 @@ class StreamSettings(_Section):
     # telerad integrity watch: its place in the PACS's change feed (written after each ack)
     integrity_cursor_path: Path = Path("integrity/cursor.json")
     integrity_sweep_per_second: Annotated[float, Field(gt=0)] = 50.0
+    # Each consumer's /healthz (the loop turns) and /readyz (Kafka answers; lag) for probes;
+    # None: no health listener (the chart sets one per consumer pod).
+    health_host: str = "127.0.0.1"
+    health_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    health_stale_seconds: Annotated[float, Field(gt=0)] = 60.0  # no loop turn for this long: dead
+
+    def health_options(self) -> dict[str, Any]:
+        """The ``ConsumerRunner`` arguments that serve this consumer's health."""
+        return {
+            "health_host": self.health_host,
+            "health_port": self.health_port,
+            "health_stale_seconds": self.health_stale_seconds,
+        }
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces of the request path (``broker/tracing.py``); off by default."""
+
+    enabled: bool = False
+    # OTLP over HTTP (protobuf): a collector's traces endpoint
+    otlp_endpoint: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:4318/v1/traces")
+    service_name: str = "telerad-broker"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # of new traces; parents decide theirs
+    export_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+
+class IntegritySettings(_Section):
+    """Checking what links relay against the instances' fingerprints (broker.fingerprints)."""
+
+    # Hash instances and frames as they stream and cut off a mismatch. Off, nothing is
+    # checked and the fingerprint topic is not read (the benchmark's comparison only).
+    check_reads: bool = True
+    # The in-memory fingerprint index's bound (MiB); ~250 bytes per single-frame instance.
+    # Full, instances it could not take in are refused whatever the policy says.
+    index_mib: Annotated[int, Field(ge=1)] = 256
 
 
 class Settings(BaseSettings):
@@ -223,6 +334,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Prometheus /metrics on a listener of its own (same host), never on ``port``: an Ingress
+    # on the broker's "/" cannot expose it. 0 picks a free port (tests); None (in code): none.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 9464
     public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     log_level: str = "INFO"
     instance_id: str = Field(default_factory=socket.gethostname)  # ce_source, consumer groups
@@ -243,7 +357,10 @@ class Settings(BaseSettings):
     opa: OpaSettings = OpaSettings()
     kafka: KafkaSettings = KafkaSettings()
     pacs: PacsSettings = PacsSettings()
+    integrity: IntegritySettings = IntegritySettings()
     streams: StreamSettings = StreamSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 # TELERAD_* variables that belong to the tooling, not to the broker's settings.

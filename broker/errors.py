@@ -6,8 +6,10 @@ TeleradError                      500 internal_error (never carries internals to
 ├── Forbidden                     403 forbidden
 ├── NotFound                      404 not_found
 ├── Gone                          410 gone
+├── RateLimited                   429 rate_limited (with Retry-After)
 ├── DependencyUnavailable         503 dependency_unavailable
 └── UpstreamError                 502 bad_gateway
+    └── IntegrityViolation        502 integrity_violation
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from broker.upstream import error_text
+
 __all__ = [
     "BadRequest",
     "DependencyUnavailable",
     "ErrorBody",
     "Forbidden",
     "Gone",
+    "IntegrityViolation",
     "NotFound",
+    "RateLimited",
     "StepUpRequired",
     "TeleradError",
     "Unauthenticated",
@@ -108,6 +114,20 @@ class Gone(TeleradError):
     status_code, code, message = 410, "gone", "This link has expired."
 
 
+class RateLimited(TeleradError):
+    """Too many requests from one person or address (``scope``: which limit); retry later."""
+
+    status_code, code, message = 429, "rate_limited", "Too many requests; please slow down."
+
+    def __init__(self, scope: str, retry_after: str) -> None:
+        super().__init__(
+            f"Too many requests ({scope}); try again in {retry_after} s.",
+            headers={"Retry-After": retry_after},
+        )
+        self.scope = scope
+        self.retry_after = retry_after
+
+
 class DependencyUnavailable(TeleradError):
     """A dependency needed to decide or record the request is unavailable: fail closed."""
 
@@ -118,6 +138,13 @@ class UpstreamError(TeleradError):
     """The PACS answered badly or not at all."""
 
     status_code, code, message = 502, "bad_gateway", "The image archive is unavailable."
+
+
+class IntegrityViolation(UpstreamError):
+    """The PACS served bytes that do not match the instance's fingerprint; none were relayed."""
+
+    status_code, code = 502, "integrity_violation"
+    message = "The image archive served data that failed its integrity check."
 
 
 class ErrorBody(BaseModel):
@@ -151,6 +178,10 @@ def install_error_handlers(app: FastAPI) -> None:
             and "text/html" in request.headers.get("accept", "")
         ):
             return RedirectResponse(exc.login_url, status_code=303)  # a browser: back to the IdP
+        if isinstance(exc, UpstreamError) and exc.__cause__ is not None:
+            # for the operator, one line, no stack trace (e.g. the PACS's certificate refused);
+            # the client gets the generic answer only
+            log.warning("PACS unavailable: %s", error_text(exc.__cause__, 300))
         login_url = exc.login_url if isinstance(exc, StepUpRequired) else None
         body = _body(exc.code, exc.detail, login_url or None)
         return JSONResponse(body, exc.status_code, headers=exc.headers)

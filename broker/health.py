@@ -15,6 +15,7 @@ from broker.audit.kafka import RevocationListener, cluster_brokers, security_con
 from broker.config import Settings
 from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
+from broker.upstream import error_text
 
 __all__ = ["CheckReport", "CheckResult", "Readiness", "ReadinessChecker"]
 
@@ -47,10 +48,10 @@ class Readiness(BaseModel):
 class ReadinessChecker:
     """Checks OPA, Kafka, each trusted IdP and the PACS; any failure makes the broker unready.
 
-    With the Kafka sink, also that the control topic and the RIS's worklist topic were read up
-    to their end offsets seen at start; in production, that the audit topic is replicated at
-    least as the floor asks (``replication_factor`` and ``min_insync_replicas``), naming the gap
-    when it is not.
+    With the Kafka sink, also that the control topic, the RIS's worklist topic and (checking
+    reads) the fingerprint topic were read up to their end offsets seen at start; in production,
+    that the audit topic is replicated at least as the floor asks (``replication_factor`` and
+    ``min_insync_replicas``), naming the gap when it is not.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ReadinessChecker:
         opa: OpaGateway,
         bearer: BearerValidator,
         control: RevocationListener | None = None,
+        fingerprints: RevocationListener | None = None,
         *,
         worklist: RevocationListener | None = None,
     ) -> None:
@@ -78,6 +80,9 @@ class ReadinessChecker:
         self._worklist = worklist
         if worklist is not None:
             self._checks["worklist-topic"] = self._check_worklist
+        self._fingerprints = fingerprints
+        if fingerprints is not None:
+            self._checks["fingerprints"] = self._check_fingerprints
         for issuer in settings.issuers:
             url = str(issuer.issuer).rstrip("/")
             self._checks[f"idp:{url}"] = self._issuer_check(url)
@@ -94,7 +99,7 @@ class ReadinessChecker:
         except TimeoutError:
             detail, ready = "timed out", False
         except Exception as exc:  # noqa: BLE001 - any failure of a dependency means "not ready"
-            detail, ready = f"{type(exc).__name__}: {_short(exc)}", False
+            detail, ready = error_text(exc), False
         return CheckResult(name, ready, detail, round((time.perf_counter() - started) * 1000, 1))
 
     async def _check_opa(self) -> str:
@@ -143,6 +148,13 @@ class ReadinessChecker:
         )
         return self._worklist.progress()
 
+    async def _check_fingerprints(self) -> str:
+        if self._fingerprints is None:
+            raise RuntimeError("no fingerprint-topic listener")
+        wait = self._settings.readiness_timeout_seconds * 0.8
+        await asyncio.to_thread(self._fingerprints.caught_up.wait, wait)
+        return self._fingerprints.progress()
+
     async def _check_pacs(self) -> str:
         pacs = self._settings.pacs
         auth = (
@@ -163,8 +175,3 @@ class ReadinessChecker:
             return "discovery document served"
 
         return check
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from typing import TYPE_CHECKING
 
-__all__ = ["Metrics"]
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from broker.ops_server import OpsServer
+
+if TYPE_CHECKING:
+    from broker.config import Settings
+
+__all__ = ["Metrics", "metrics_server"]
 
 
 class Metrics:
@@ -48,5 +61,37 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rate_limited = Counter(
+            "telerad_rate_limited",
+            "Requests refused with 429 by a rate limit, by scope (issue_link, redeem, login).",
+            ["scope"],
+            registry=self.registry,
+        )
+
+        self.integrity = Counter(
+            "telerad_integrity_violations",
+            "Reads through links that failed the integrity check (finding: altered, "
+            "unfingerprinted, transcoded, index_full; action: cut_off, refused, served).",
+            ["finding", "action"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def metrics_server(settings: Settings, metrics: Metrics) -> OpsServer | None:
+    """``/metrics`` on ``settings.metrics_port`` (started), or None when metrics are off.
+
+    The broker's own port never serves it: an Ingress or a tunnel that exposes ``/`` cannot
+    expose the metrics, and the NetworkPolicy can let only the scraper reach this port.
+    """
+    if settings.metrics_port is None:
+        return None
+
+    def render() -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, metrics.render()
+
+    server = OpsServer(settings.host, settings.metrics_port, {"/metrics": render}, name="metrics")
+    return server.start()

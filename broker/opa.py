@@ -8,9 +8,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opa_client import AsyncOpaClient
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker.config import OpaSettings
+from broker.tracing import tracer
 
 __all__ = ["Decision", "OpaGateway", "Reason"]
 
@@ -84,6 +86,14 @@ class OpaGateway:
 
     async def decide(self, input_data: dict[str, Any]) -> Decision:
         """The decision for ``input_data``; error, timeout, undefined or malformed ⇒ deny."""
+        with tracer().start_as_current_span("opa decision", kind=SpanKind.CLIENT) as span:
+            decision = await self._decide(input_data)
+            span.set_attribute("telerad.policy.allow", decision.allow)
+            if decision.decision_id:
+                span.set_attribute("telerad.policy.decision_id", decision.decision_id)
+            return decision
+
+    async def _decide(self, input_data: dict[str, Any]) -> Decision:
         try:
             answer = await self._query(input_data)
         except TimeoutError:

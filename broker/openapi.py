@@ -36,11 +36,22 @@ _DESCRIPTIONS = {
     ),
     404: "Not found (also said of anything the caller must not learn exists).",
     410: "The link has expired or has been revoked.",
+    429: (
+        "Too many requests from this person (link issuance, redemption) or address (login): "
+        "``rate_limited``; ``Retry-After`` says in how many seconds to try again."
+    ),
     502: "The image archive answered badly or not at all.",
     503: (
         "A dependency needed to decide or record the request (policy, audit trail, identity "
         "provider) is unavailable; nothing was granted."
     ),
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "RFC 9110 section 10.2.3: seconds until the limit allows a request.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 _CHALLENGE = {
     "WWW-Authenticate": {
@@ -62,6 +73,8 @@ def error_responses(
         response: dict[str, Any] = {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
         if status == 401:
             response["headers"] = _CHALLENGE
+        if status == 429:
+            response["headers"] = _RETRY_AFTER
         responses[status] = response
     return responses
 

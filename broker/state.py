@@ -13,6 +13,7 @@ from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
 from broker.fhir.records import ConsentStore
+from broker.fingerprints import FingerprintIndex, ServedUnchecked
 from broker.health import ReadinessChecker
 from broker.identity._authlib import OAuth
 from broker.identity.bearer import BearerValidator
@@ -23,6 +24,7 @@ from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
+from broker.ratelimits import RateLimits
 from broker.revocation import Revocations
 from broker.worklist import WorklistState
 
@@ -50,8 +52,11 @@ class AppState:
     consents: ConsentStore
     windows: DecisionWindows
     transfers: TransferLog
+    limits: RateLimits
     worklist: WorklistState = field(default_factory=WorklistState)  # the RIS's assignments
     worklist_listener: RevocationListener | None = None  # reads them from the worklist topic
+    fingerprints: FingerprintIndex | None = None  # None: reads are not checked
+    served_unchecked: ServedUnchecked | None = None
 
 
 def state_of(connection: HTTPConnection) -> AppState:

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 KUBE_VERSION=${KUBE_VERSION:-1.31.0}
 CHART=helm/telerad-broker
-HELM=$("$PYTHON" -c 'from broker.stack.provision import go_tool; print(go_tool("helm"))')
+HELM=$("$PYTHON" -c 'from devstack.provision import go_tool; print(go_tool("helm"))')
 
 for values in "$CHART"/ci/*-values.yaml; do
   echo "== helm lint + template: $values"

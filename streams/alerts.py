@@ -1,5 +1,7 @@
 """Alerts from the audit stream: break-glass, bursts of denials, access outside assignment,
-unusual volume or hours per radiologist.
+unusual volume or hours per radiologist, and imaging integrity (a read through a link that did
+not match its instance's fingerprint and was cut off or refused: ``integrity_violation``,
+critical; an instance served without a fingerprint: ``unfingerprinted_served``, low).
 
 Each alert has an id derived from the event that raised it and the rule (UUID 5), so a
 re-delivered event raises the same alert id again and downstream deduplicates; the detector also
@@ -111,6 +113,35 @@ class AlertDetector:
                     justification=event.purpose or "",
                 )
             )
+        if event.kind is EventKind.INTEGRITY_VIOLATION:
+            finding = str(event.detail.get("finding", "unknown"))
+            action = str(event.detail.get("action", "unknown"))
+            sop_uid = str(event.detail.get("sop_uid", "unknown"))
+            if action == "served":
+                alerts.append(
+                    self._alert(
+                        event,
+                        "unfingerprinted_served",
+                        "low",
+                        f"instance {sop_uid} served to {who} without an integrity check "
+                        f"({finding})",
+                        sop_uid=sop_uid,
+                        finding=finding,
+                    )
+                )
+            else:
+                alerts.append(
+                    self._alert(
+                        event,
+                        "integrity_violation",
+                        "critical",
+                        f"instance {sop_uid} failed its integrity check ({finding}); the read "
+                        f"by {who} was {action.replace('_', ' ')}",
+                        sop_uid=sop_uid,
+                        finding=finding,
+                        action=action,
+                    )
+                )
         if event.kind is EventKind.DECISION and event.outcome is Outcome.DENY:
             window = self._denials[who]
             window.append(at)

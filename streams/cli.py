@@ -85,6 +85,7 @@ def _ledger(args: argparse.Namespace) -> int:
             dead_letter_topic=cfg.dead_letter_topic,
             with_origin=True,
             client_config=security_config(settings.kafka),
+            **cfg.health_options(),
         )
         runner.install_signal_handlers()
         _progress(runner)
@@ -174,6 +175,7 @@ def _alerts(args: argparse.Namespace) -> int:
         handler=handle,
         dead_letter_topic=settings.streams.dead_letter_topic,
         client_config=security_config(settings.kafka),
+        **cfg.health_options(),
     )
     runner.install_signal_handlers()
     _progress(runner)
@@ -470,6 +472,7 @@ def _prove(args: argparse.Namespace) -> int:
 
 
 def _feed(settings: Settings) -> Any:
+    from broker.tls import pacs_sync_transport
     from streams.integrity import OrthancFeed
 
     pacs = settings.pacs
@@ -479,15 +482,24 @@ def _feed(settings: Settings) -> Any:
         if pacs.username and pacs.password
         else None
     )
-    return OrthancFeed(rest, auth)
+    # the same TLS as the broker's DICOMweb client: CA bundle, client certificate, host name
+    return OrthancFeed(rest, auth, transport=pacs_sync_transport(pacs))
 
 
 def _integrity_watch(args: argparse.Namespace) -> int:
     from broker.audit.cloudevents import to_record
     from broker.audit.kafka import make_producer, security_config
+    from streams.health import ConsumerHealth, KafkaView, health_server
     from streams.integrity import Cursor, watch
 
     settings = _settings()
+    cfg = settings.streams
+    health = ConsumerHealth("integrity", stale_seconds=cfg.health_stale_seconds)
+    server = (
+        health_server(health, cfg.health_host, cfg.health_port)
+        if cfg.health_port is not None
+        else None
+    )
     producer = make_producer(settings.kafka.bootstrap_servers, **security_config(settings.kafka))
     stopping = threading.Event()
     import signal
@@ -502,8 +514,25 @@ def _integrity_watch(args: argparse.Namespace) -> int:
             sent.append(
                 producer.send(settings.kafka.audit_topic, key=key, value=value, headers=headers)
             )
-        for future in sent:
-            future.get(timeout=30)  # durable before the cursor moves past them
+            # every replica's copy: compacted, the newest fingerprint per SOP Instance UID
+            sop_uid = str(event.detail["fingerprint"]["sop_uid"]).encode()
+            sent.append(
+                producer.send(
+                    settings.kafka.fingerprint_topic, key=sop_uid, value=value, headers=headers
+                )
+            )
+        try:
+            for future in sent:
+                future.get(timeout=30)  # durable before the cursor moves past them
+        except Exception:
+            health.observe(KafkaView(ok=False, detail="Kafka did not acknowledge"))
+            raise
+
+    def stop() -> bool:
+        # called once per turn of the watch, after the PACS's feed answered
+        health.beat()
+        health.observe(KafkaView(ok=True, detail="following the PACS's change feed"))
+        return stopping.is_set()
 
     def progress(line: str) -> None:
         print(f"[telerad integrity watch] {line}", file=sys.stderr, flush=True)
@@ -514,11 +543,13 @@ def _integrity_watch(args: argparse.Namespace) -> int:
             feed,
             emit,
             Cursor.load(settings.streams.integrity_cursor_path),
-            stop=stopping.is_set,
+            stop=stop,
             idle_exit_seconds=args.idle_exit,
             progress=progress,
         )
     finally:
+        if server is not None:
+            server.stop()
         feed.close()
         producer.close(5)
     print(json.dumps({"backfilled": stats.backfilled, "recorded": stats.recorded}))
@@ -609,7 +640,12 @@ def add_audit_commands(sub: Any) -> None:
     export = consumer("export", _export, "export audit events for auditors and SIEMs")
     export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
     export.add_argument("--syslog", metavar="HOST:PORT", help="send to a syslog endpoint")
-    export.add_argument("--protocol", choices=["udp", "tcp"], default="tcp")
+    export.add_argument(
+        "--protocol",
+        choices=["udp", "tcp", "tls"],
+        default="tcp",
+        help="tls: RFC 5425 (port 6514), verified with TELERAD_STREAMS__SYSLOG_TLS__*",
+    )
 
     verify = cmds.add_parser("verify", help="recompute the ledger and check every signed head")
     verify.add_argument("--public-key", help="the ledger's public key (PEM); default: <key>.pub")

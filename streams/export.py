@@ -1,7 +1,8 @@
 """The export consumer: FHIR R4 AuditEvent (IHE BALP) or DICOM PS3.15 audit messages.
 
 To files (one record per line, fsync'd before the offsets are committed) under the export
-directory, or as RFC 5424 syslog to a SIEM. Idempotent by event id: the ids already exported are
+directory, or as RFC 5424 syslog to a SIEM: over UDP, TCP, or TLS (RFC 5425, the collector
+verified against ``streams.syslog_tls``). Idempotent by event id: the ids already exported are
 kept in a small SQLite table beside the files, so a re-delivered batch is not written twice (a
 crash between the fsync and that table can repeat a line; each line carries the event id).
 """
@@ -96,12 +97,18 @@ class Exporter:
 def run_export(settings: Settings, args: argparse.Namespace) -> int:
     """``telerad audit export``."""
     from broker.audit.kafka import security_config
+    from broker.tls import client_ssl_context
     from streams.runner import ConsumerRunner
 
     sender = None
     if args.syslog:
         host, _, port = args.syslog.rpartition(":")
-        sender = SyslogSender(host, int(port), protocol=args.protocol)
+        # RFC 5425: the collector's certificate and host name are verified (CA bundle from
+        # TELERAD_STREAMS__SYSLOG_TLS__CA_FILE), a client certificate shown when configured
+        context = (
+            client_ssl_context(settings.streams.syslog_tls) if args.protocol == "tls" else None
+        )
+        sender = SyslogSender(host, int(port), protocol=args.protocol, ssl_context=context)
     exporter = Exporter(settings.streams.export_dir, args.format, sender)
     try:
         runner = ConsumerRunner(
@@ -114,6 +121,7 @@ def run_export(settings: Settings, args: argparse.Namespace) -> int:
             handler=exporter.handle,
             dead_letter_topic=settings.streams.dead_letter_topic,
             client_config=security_config(settings.kafka),
+            **settings.streams.health_options(),
         )
         runner.install_signal_handlers()
         stats = runner.run(idle_exit_seconds=args.idle_exit)

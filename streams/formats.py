@@ -45,6 +45,10 @@ transferred                                                           Transferre
 link.redeemed  rest (BALP Read)          read                   R     view: 110103 DICOM
                                                                       Instances Accessed;
                                                                       download: 110106 Export
+instance.      DCM 110104 DICOM          (none)                 C     110104 DICOM Instances
+stored         Instances Transferred                                  Transferred (none)
+integrity.     DCM 110113 Security Alert 99TELERAD integrity-   E     110113 / 99TELERAD
+violation                                violation                    integrity-violation
 ============== ========================= ====================== ===== ==========================
 
 * Security Alert (PS3.15 A.5.3.11) requires EventActionCode ``E``; FHIR uses the same action so
@@ -60,6 +64,22 @@ link.redeemed  rest (BALP Read)          read                   R     view: 1101
   DICOM "DICOM Instances Transferred" message (A.5.3.5: the broker as Source, 110153; the user
   as Destination, 110152). The instances are listed in the audit-record object's ``detail``
   entry, not as SOPClass elements: the broker relays bytes and does not know the SOP Class.
+* ``instance.stored`` is a fingerprint recorded at ingest (``telerad integrity watch``): the
+  PACS completed the storage of an instance (110104 "DICOM Instances Transferred", whose
+  definition is "storage of DICOM instances has been completed"), EventActionCode ``C`` (the
+  instance was created on the PACS, A.5.3.5). The PACS is the Destination participant (110152,
+  UserID the source the watcher names, e.g. ``pacs``), the broker's watcher the observing
+  Application; the sending modality is not known to the broker, so no Source participant is
+  claimed. The fingerprint (file and frame SHA-256, SOP Instance UID, transfer syntax) is in the
+  audit record's ``detail``. FHIR has no subtype for it (``subtype`` is left out).
+* ``integrity.violation`` is a read through a link whose bytes did not match the instance's
+  fingerprint (cut off), or that had no fingerprint to be checked with (refused, or served as
+  the policy allows): a Security Alert (A.5.3.11). DCID 403 (Security Alert Type) has no code
+  for a failed data integrity check, and is extensible, so the EventTypeCode is the private
+  ``integrity-violation`` "Instance Integrity Violation" (coding scheme ``99TELERAD``, PS3.3
+  8.2; FHIR system ``https://telerad-broker.dev/fhir/CodeSystem/audit-event-sub-type``). A
+  cut-off or refusal is EventOutcomeIndicator ``8`` (serious failure: the transfer was
+  terminated), an instance served unchecked ``0``; syslog severity 4 either way.
 * ``link.redeemed`` uses the DICOM Data Export message (A.5.3.4) when the operation is
   ``download`` (data leaves the broker's security domain), DICOM Instances Accessed (A.5.3.6)
   otherwise. FHIR records both as a BALP RESTful read.
@@ -124,11 +144,13 @@ datagram (RFC 5426). Note A.6 asks for TLS (RFC 5425) on the wire; TLS is not do
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import socket
+import ssl
 import threading
 import uuid
 import xml.etree.ElementTree as ET
@@ -172,6 +194,7 @@ OBJECT_ROLE: Final = "http://terminology.hl7.org/CodeSystem/object-role"
 DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
 # PS3.3 8.2: private coding scheme designators start with "99".
 LOCAL_CODE_SYSTEM: Final = "99TELERAD"
+LOCAL_FHIR_SUBTYPES: Final = "https://telerad-broker.dev/fhir/CodeSystem/audit-event-sub-type"
 
 
 @dataclass(frozen=True)
@@ -215,6 +238,10 @@ _SOURCE_ROLE = _Code("110153", "Source Role ID")
 _DESTINATION_MEDIA = _Code("110154", "Destination Media")
 _STUDY_INSTANCE_UID = _Code("110180", "Study Instance UID")
 
+_INTEGRITY_VIOLATION = _Code(
+    "integrity-violation", "Instance Integrity Violation", LOCAL_FHIR_SUBTYPES, LOCAL_CODE_SYSTEM
+)
+
 _REST = _Code("rest", "Restful Operation", AUDIT_EVENT_TYPE)
 _READ = _Code("read", "read", RESTFUL_INTERACTION)
 _AUTHZ_ROLE = _Code("AuthZ-Role", "Authorization Decision using only Roles", BALP_AUTHZ)
@@ -244,10 +271,13 @@ _SECURITY_ALERT_KINDS: Final = frozenset(
         "consent.changed",
         "assignment.changed",
         "policy.revised",
+        "integrity.violation",
     }
 )
-KINDS: Final = _USER_AUTH_KINDS | _SECURITY_ALERT_KINDS | _READ_KINDS
-_WARNING_KINDS: Final = frozenset({"login.failed", "token.rejected", "break_glass"})
+KINDS: Final = _USER_AUTH_KINDS | _SECURITY_ALERT_KINDS | _READ_KINDS | {"instance.stored"}
+_WARNING_KINDS: Final = frozenset(
+    {"login.failed", "token.rejected", "break_glass", "integrity.violation"}
+)
 
 _ALERT_DESCRIPTIONS: Final = {
     "token.rejected": "Bearer access token rejected",
@@ -259,6 +289,7 @@ _ALERT_DESCRIPTIONS: Final = {
     "assignment.changed": "Study worklist assignments changed",
     "policy.revised": "Access policy revision changed",
     "link.granted": "Study access granted for a decision window",
+    "integrity.violation": "Instance failed its integrity check against its fingerprint",
 }
 
 _CE_TYPE = re.compile(r"org\.telerad\.(?P<kind>[a-z_.]+)\.v[0-9]+")
@@ -391,6 +422,8 @@ class _Event:
     def outcome_code(self) -> str:
         if self.outcome in ("success", "allow"):
             return "0"
+        if self.kind == "integrity.violation":
+            return "8"  # the transfer was terminated
         if self.outcome == "deny" or self.kind in _AUTH_KINDS:
             return "4"
         return "8"
@@ -420,9 +453,11 @@ class _Event:
         return [(key, value) for key, value in pairs if value is not None]
 
 
-def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
+def _fhir_codes(event: _Event) -> tuple[_Code, _Code | None, str]:
     """FHIR (type, subtype, action) of an event; see the table in the module docstring."""
     kind = event.kind
+    if kind == "instance.stored":
+        return _INSTANCES_TRANSFERRED, None, "C"
     if kind in ("login", "login.failed", "step_up"):
         return _USER_AUTHENTICATION, _LOGIN, "E"
     if kind == "logout":
@@ -438,6 +473,7 @@ def _fhir_codes(event: _Event) -> tuple[_Code, _Code, str]:
         "assignment.changed": _OBJECT_SECURITY_CHANGED,
         "policy.revised": _SECURITY_CONFIGURATION,
         "link.granted": _AUTHZ_ROLE,  # the redeem decision, granted for a window
+        "integrity.violation": _INTEGRITY_VIOLATION,
     }
     subtype = subtypes.get(kind) or (
         _OBJECT_SECURITY_CHANGED if event.link_id else _USER_SECURITY_CHANGED
@@ -454,7 +490,7 @@ def _dicom_codes(event: _Event) -> tuple[_Code, list[_Code], str]:
     event_type, subtype, action = _fhir_codes(event)
     if subtype is _AUTHZ_ROLE:
         subtype = _RESTRICTED_FUNCTION  # DCID 403 has no authorization-decision code
-    return event_type, [subtype], action
+    return event_type, [subtype] if subtype is not None else [], action
 
 
 def _network_type(address: str) -> str:
@@ -481,11 +517,12 @@ def to_fhir_audit_event(
         "resourceType": "AuditEvent",
         "id": ev.id if _FHIR_ID.fullmatch(ev.id) else str(uuid.uuid5(uuid.NAMESPACE_URL, ev.id)),
         "type": event_type.coding(),
-        "subtype": [subtype.coding()],
         "action": action,
         "recorded": ev.time,
         "outcome": ev.outcome_code(),
     }
+    if subtype is not None:
+        resource["subtype"] = [subtype.coding()]
     if ev.period is not None:
         resource["period"] = {"start": ev.period[0], "end": ev.period[1]}
     if ev.reasons:
@@ -624,6 +661,11 @@ def to_dicom_audit_message(
     )
     transfer = ev.kind == "link.transferred"  # A.5.3.5: the broker sends, the user receives
     _coded(broker, "RoleIDCode", _SOURCE_ROLE if ev.is_export or transfer else _APPLICATION)
+    if ev.kind == "instance.stored":  # A.5.3.5: the PACS stored it (the Destination)
+        pacs = ET.SubElement(
+            root, "ActiveParticipant", {"UserID": _stored_on(ev), "UserIsRequestor": "false"}
+        )
+        _coded(pacs, "RoleIDCode", _DESTINATION_ROLE)
     if ev.is_export:  # A.5.3.4 Media (1): a network destination, so its address
         media_attrs = {"UserID": ev.client_ip or "unknown", "UserIsRequestor": "false"}
         if ev.client_ip is not None:
@@ -670,6 +712,15 @@ def to_dicom_audit_message(
     xml = ET.tostring(root, encoding="unicode")
     # Raw line breaks can only be in text nodes (attributes are already escaped).
     return xml.replace("\r", "&#13;").replace("\n", "&#10;")
+
+
+def _stored_on(ev: _Event) -> str:
+    """The PACS an ``instance.stored`` fingerprint names (``source`` ``pacs#<seq>``)."""
+    try:
+        source = json.loads(ev.detail or "{}").get("fingerprint", {}).get("source")
+    except (ValueError, AttributeError):
+        source = None
+    return str(source).split("#", 1)[0] if isinstance(source, str) and source else "unknown"
 
 
 def syslog_severity(event: Mapping[str, Any], *, ce_type: str | None = None) -> int:
@@ -747,30 +798,50 @@ def octet_frame(line: bytes) -> bytes:
 
 
 class SyslogSender:
-    """Sends RFC 5424 messages to a collector: one datagram each over UDP (RFC 5426), or
-    octet-counted frames over TCP (RFC 6587). Connects on first use and, after a TCP error,
-    again on the next send; errors are raised, never swallowed. Thread-safe."""
+    """Sends RFC 5424 messages to a collector: one datagram each over UDP (RFC 5426),
+    octet-counted frames over TCP (RFC 6587), or the same frames over TLS (RFC 5425, the
+    collector's certificate and host name verified with ``ssl_context``). Connects on first use
+    and, after a stream error, again on the next send; errors are raised, never swallowed.
+    Thread-safe."""
 
     def __init__(
         self,
         host: str,
         port: int,
-        protocol: Literal["udp", "tcp"] = "udp",
+        protocol: Literal["udp", "tcp", "tls"] = "udp",
         *,
         timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if protocol not in ("udp", "tcp"):
-            raise ValueError("protocol must be 'udp' or 'tcp'")
+        """``ssl_context`` (``tls`` only): how the collector is verified; by default the
+        system's trust store with host-name checking (``ssl.create_default_context()``)."""
+        if protocol not in ("udp", "tcp", "tls"):
+            raise ValueError("protocol must be 'udp', 'tcp' or 'tls'")
+        if ssl_context is not None and protocol != "tls":
+            raise ValueError("ssl_context is for protocol 'tls' only")
+        if ssl_context is not None and (
+            ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname
+        ):
+            # RFC 5425 5.2: the client MUST authenticate the server; no unverified collector
+            raise ValueError("a syslog TLS context must verify the certificate and host name")
         self.host = host
         self.port = port
         self.protocol = protocol
         self.timeout = timeout
+        self._context = (ssl_context or ssl.create_default_context()) if protocol == "tls" else None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
     def _connect(self) -> socket.socket:
-        if self.protocol == "tcp":
-            return socket.create_connection((self.host, self.port), timeout=self.timeout)
+        if self.protocol in ("tcp", "tls"):
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self._context is None:
+                return sock
+            try:  # the handshake happens here: an untrusted collector is refused before a byte
+                return self._context.wrap_socket(sock, server_hostname=self.host)
+            except OSError:
+                sock.close()
+                raise
         family, kind, proto, _, address = socket.getaddrinfo(
             self.host, self.port, type=socket.SOCK_DGRAM
         )[0]
@@ -784,13 +855,15 @@ class SyslogSender:
         return sock
 
     def send(self, line: bytes) -> None:
-        """Send one syslog message (as made by :func:`to_syslog`); framed here for TCP."""
-        payload = octet_frame(line) if self.protocol == "tcp" else line
+        """Send one syslog message (as made by :func:`to_syslog`); framed here for TCP and TLS
+        (RFC 5425 4.3: ``MSG-LEN SP SYSLOG-MSG``)."""
+        stream = self.protocol in ("tcp", "tls")
+        payload = octet_frame(line) if stream else line
         with self._lock:
             if self._sock is None:
                 self._sock = self._connect()
             try:
-                if self.protocol == "tcp":
+                if stream:
                     self._sock.sendall(payload)
                 elif self._sock.send(payload) != len(payload):
                     raise OSError("syslog datagram was truncated")
@@ -800,9 +873,12 @@ class SyslogSender:
                 raise
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent); over TLS with a close_notify first (RFC 5425 4.4)."""
         with self._lock:
             if self._sock is not None:
+                if isinstance(self._sock, ssl.SSLSocket):
+                    with contextlib.suppress(OSError, ValueError):  # the peer may be gone
+                        self._sock = self._sock.unwrap()
                 self._sock.close()
                 self._sock = None
 

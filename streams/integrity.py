@@ -14,7 +14,9 @@ follows the feed from where the PACS was when it started.
 fingerprints in the ledger: altered, missing and never-recorded instances, one by one, as a
 JSON report for the SIEM; the exit status is 1 on any finding.
 
-Checking what a link relays against the fingerprints, as it streams, is not here yet.
+Each fingerprint is also published to the compacted fingerprint topic, keyed by SOP Instance
+UID, which every broker replica reads into memory to check what links relay as it streams
+(``broker.fingerprints``, ``broker.dicomweb.integrity``).
 """
 
 from __future__ import annotations
@@ -78,9 +80,21 @@ class Fingerprint:
 class OrthancFeed:
     """The Orthanc REST API and its DICOMweb plugin, as the watcher and the sweep read them."""
 
-    def __init__(self, url: str, auth: tuple[str, str] | None, *, name: str = "pacs") -> None:
+    def __init__(
+        self,
+        url: str,
+        auth: tuple[str, str] | None,
+        *,
+        name: str = "pacs",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``transport``: the PACS's (:func:`broker.tls.pacs_sync_transport`, its TLS settings);
+        by default stale-connection retry with the system's trust store."""
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), auth=auth, timeout=60, transport=RetryStaleTransport()
+            base_url=url.rstrip("/"),
+            auth=auth,
+            timeout=60,
+            transport=transport if transport is not None else RetryStaleTransport(),
         )
         self.name = name
 
@@ -117,12 +131,14 @@ class OrthancFeed:
         frames = int(t.get("NumberOfFrames") or 1)
         study, series, sop = t["StudyInstanceUID"], t["SeriesInstanceUID"], t["SOPInstanceUID"]
         frame_hashes = []
-        if "PixelData" in t or self._has_pixels(pacs_id):
-            served = self._http.get(
-                f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/"
-                + ",".join(str(n) for n in range(1, frames + 1)),
-                headers={"Accept": _FRAMES_ACCEPT},
-            )
+        # Asked directly (one request, not a probe of the pixel data first): an instance without
+        # pixel data (an SR, a KO) has no frames to serve, which Orthanc answers 400 or 404.
+        served = self._http.get(
+            f"/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/"
+            + ",".join(str(n) for n in range(1, frames + 1)),
+            headers={"Accept": _FRAMES_ACCEPT},
+        )
+        if served.status_code not in (400, 404):
             served.raise_for_status()
             frame_hashes = [hashlib.sha256(p).hexdigest() for p in _parts(served)]
         return Fingerprint(
@@ -136,10 +152,6 @@ class OrthancFeed:
             pacs_id=pacs_id,
             source=f"{self.name}#{seq}",
         )
-
-    def _has_pixels(self, pacs_id: str) -> bool:
-        answer = self._http.get(f"/instances/{pacs_id}/content/7fe0-0010")
-        return answer.status_code == 200
 
     def file(self, pacs_id: str) -> bytes:
         answer = self._http.get(f"/instances/{pacs_id}/file")

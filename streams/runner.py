@@ -22,6 +22,7 @@ from typing import Any
 from broker.audit.cloudevents import PoisonRecord, from_record
 from broker.audit.events import AuditEvent
 from broker.audit.kafka import make_consumer, make_producer
+from streams.health import ConsumerHealth, KafkaView, health_server
 
 __all__ = ["ConsumerRunner", "Origin", "RunStats"]
 
@@ -74,6 +75,11 @@ class ConsumerRunner:
         consumer: Any = None,
         with_origin: bool = False,
         client_config: Mapping[str, Any] | None = None,  # security_config(settings.kafka)
+        health: ConsumerHealth | None = None,
+        check_every_seconds: float = 5.0,  # how often lag and Kafka's answers are checked
+        health_host: str = "127.0.0.1",
+        health_port: int | None = None,  # /healthz and /readyz while run() runs; None: none
+        health_stale_seconds: float = 60.0,  # liveness: the loop turned within this
     ) -> None:
         self.name = name
         self._bootstrap = bootstrap
@@ -96,6 +102,11 @@ class ConsumerRunner:
         self._producer: Any = None
         self.stop_event = threading.Event()
         self.stats = RunStats()
+        self.health = health or ConsumerHealth(name, stale_seconds=health_stale_seconds)
+        self._check_every = check_every_seconds
+        self._checked_at: float | None = None
+        self._health_address = (health_host, health_port)
+        self._failing: set[Any] = set()  # partitions whose last batch failed
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT ask the loop to stop after the batch in hand."""
@@ -105,9 +116,13 @@ class ConsumerRunner:
     def run(self, *, idle_exit_seconds: float | None = None) -> RunStats:
         """Consume until stopped (or until idle for ``idle_exit_seconds``, for batch use)."""
         idle_since = time.monotonic()
+        host, port = self._health_address
+        server = health_server(self.health, host, port) if port is not None else None
         try:
             while not self.stop_event.is_set():
+                self._maybe_check()  # between batches, so lag counts unprocessed records
                 batch = self._consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
+                self.health.beat()
                 if not batch:
                     if not self._consumer.assignment():
                         # still joining the group (a killed member's partitions are handed on
@@ -123,8 +138,36 @@ class ConsumerRunner:
                 for partition, records in batch.items():
                     self._process(partition, records)
         finally:
+            if server is not None:
+                server.stop()
             self.close()
         return self.stats
+
+    def _maybe_check(self) -> None:
+        """Now and then: are partitions assigned, do their leaders answer, how far behind?"""
+        now = time.monotonic()
+        if self._checked_at is not None and now - self._checked_at < self._check_every:
+            return
+        self._checked_at = now
+        self.health.observe(self._kafka_view())
+
+    def _kafka_view(self) -> KafkaView:
+        assignment = sorted(self._consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+        if not assignment:
+            return KafkaView(ok=False, detail="no partitions assigned (joining the group)")
+        try:
+            ends = self._consumer.end_offsets(assignment, timeout_ms=2000)
+            lag = {}
+            for tp in assignment:
+                # between two polls every record handed out was processed (and committed) or
+                # sought back to: the position is the next record to process
+                done = self._consumer.position(tp, timeout_ms=2000)
+                if done is None:
+                    return KafkaView(ok=False, detail=f"no position on {tp.topic}/{tp.partition}")
+                lag[f"{tp.topic}/{tp.partition}"] = max(0, ends[tp] - done)
+        except Exception as exc:  # noqa: BLE001 - Kafka did not answer: not ready, said by name
+            return KafkaView(ok=False, detail=f"Kafka did not answer: {type(exc).__name__}")
+        return KafkaView(ok=True, detail=f"consuming {len(assignment)} partition(s)", lag=lag)
 
     def _process(self, partition: Any, records: list[Any]) -> None:
         from kafka.structs import OffsetAndMetadata
@@ -161,6 +204,8 @@ class ConsumerRunner:
                 type(exc).__name__,
                 records[0].offset,
             )
+            self._failing.add(partition)
+            self.health.batch_done(failed=True)
             self._consumer.seek(partition, records[0].offset)
             self.stop_event.wait(self._pause)
             return
@@ -168,6 +213,8 @@ class ConsumerRunner:
         last = records[-1].offset
         self._consumer.commit({partition: OffsetAndMetadata(last + 1, "", -1)})
         self.stats.commits += 1
+        self._failing.discard(partition)
+        self.health.batch_done(failed=bool(self._failing))
 
     def _dead_letter(self, record: Any, reason: str) -> None:
         if self._producer is None:

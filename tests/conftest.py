@@ -9,8 +9,8 @@ from typing import NoReturn
 
 import pytest
 
-from broker.stack.engine import EngineUnavailable
-from broker.stack.stack import Stack
+from devstack.engine import EngineUnavailable
+from devstack.stack import Stack
 
 
 def no_engine(reason: str) -> NoReturn:

@@ -79,6 +79,9 @@ def to_record(event: AuditEvent, *, source: str) -> tuple[bytes, bytes, list[Hea
     ]
     if event.study_uid:
         headers.append(("ce_subject", event.study_uid.encode()))
+    if event.traceparent:
+        # CloudEvents distributed-tracing extension: the attribute, as a binary-mode header
+        headers.append(("ce_traceparent", event.traceparent.encode()))
     value = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
     return event.partition_key.encode(), value, headers
 

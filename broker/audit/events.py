@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from broker.tracing import current_traceparent
 
 __all__ = ["AuditEvent", "EventKind", "Outcome"]
 
@@ -31,6 +33,9 @@ class EventKind(StrEnum):
     POLICY_REVISED = "policy.revised"  # a replica saw a new policy revision (policy_revision)
     LINK_GRANTED = "link.granted"  # a decision window opened: the grant, durable before bytes
     LINK_TRANSFERRED = "link.transferred"  # what flowed inside a window, per link and series
+    # a read through a link did not match the instance's fingerprint (cut off), or had none
+    # to be checked with (served or refused, as the policy said): detail.finding, detail.action
+    INTEGRITY_VIOLATION = "integrity.violation"
 
 
 class Outcome(StrEnum):
@@ -64,6 +69,12 @@ class AuditEvent(BaseModel):
     session_id: str | None = None
     link_id: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    # W3C Trace Context of the span the event was recorded in (CloudEvents distributed-tracing
+    # extension; on Kafka also the ce_traceparent header); None when tracing is off
+    traceparent: (
+        Annotated[str, StringConstraints(pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
+        | None
+    ) = Field(default_factory=current_traceparent)
 
     @property
     def type(self) -> str:

@@ -23,9 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import SpanKind
+
 from broker.audit.cloudevents import to_record
 from broker.audit.events import AuditEvent
 from broker.audit.sink import AuditUnavailable
+from broker.tracing import tracer
 
 if TYPE_CHECKING:
     from broker.config import KafkaSettings
@@ -187,6 +190,19 @@ class KafkaAuditSink:
     async def emit_many(self, events: Sequence[AuditEvent]) -> None:
         """Return once Kafka acknowledged every one of ``events`` (handed to the producer
         together, so they share a batch and one round trip); :class:`AuditUnavailable` if not."""
+        with tracer().start_as_current_span(
+            f"{self._topic} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": self._topic,
+                "messaging.batch.message_count": len(events),
+            },
+        ):
+            await self._emit_many(events)
+
+    async def _emit_many(self, events: Sequence[AuditEvent]) -> None:
         loop = asyncio.get_running_loop()
         records: list[_Record] = []
         for event in events:
@@ -285,7 +301,8 @@ class RevocationListener:
     every second: nothing to wait for until it exists). :attr:`caught_up` turns true
     once the listener has read every partition up to the end offset it saw when it was first
     assigned them: until then the replica is not ready, so its first request already refuses a
-    link revoked before it started.
+    link revoked before it started. The RIS's worklist and the fingerprint topic are read the
+    same way (``label``, ``name``; the worklist with a ``decode`` of its own).
     """
 
     _PARTITIONS_EVERY_SECONDS = 10.0
@@ -300,6 +317,7 @@ class RevocationListener:
         client_config: Mapping[str, Any] | None = None,
         decode: Callable[[bytes | None, Any, bytes | None], Any] | None = None,
         label: str = "control topic",
+        name: str | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._client_config = dict(client_config or {})
@@ -307,7 +325,7 @@ class RevocationListener:
         self._apply = apply
         self._decode = decode
         self._label = label
-        self._name = "revocations" if decode is None else label.replace(" ", "-")
+        self._name = name or ("revocations" if decode is None else label.replace(" ", "-"))
         self._instance = instance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -48,7 +48,8 @@ class TopicChange:
 
 
 def planned_topics(settings: Settings) -> list[TopicSpec]:
-    """Audit, control, worklist, dead letters, ledger heads, alerts: as the settings say."""
+    """Audit, control, worklist, fingerprints, dead letters, ledger heads, alerts: as the settings
+    say."""
     kafka, streams = settings.kafka, settings.streams
     retention = str(-1 if kafka.audit_retention_days < 0 else kafka.audit_retention_days * _DAY_MS)
     durable = {"min.insync.replicas": str(kafka.min_insync_replicas)}
@@ -69,6 +70,8 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
             if kafka.worklist_topic
             else []
         ),
+        # Compacted too: the newest fingerprint per SOP Instance UID, read whole by every replica.
+        spec(kafka.fingerprint_topic, "fingerprints", durable | {"cleanup.policy": "compact"}, 3),
         spec(streams.dead_letter_topic, "dead letters", kept, 1),
         spec(streams.heads_topic, "ledger heads", kept, 1),
         spec(streams.alerts_topic, "alerts", kept, kafka.partitions),

@@ -12,6 +12,14 @@ study UID keys dropped, the forced one sent last, since Orthanc honours the last
 keys), and whatever comes back is filtered to that study again. A client naming other studies
 only gets ``[]``; so does a search the PACS cannot answer (400/404/204), never a 404 that would
 break the viewer.
+
+With a :class:`~broker.dicomweb.integrity.ReadCheck`, instances and frames are hashed as they
+pass and compared with their fingerprints (``broker.dicomweb.integrity``). An answer read whole
+that fails is not relayed at all (502 ``integrity_violation``); a streamed one is cut off before
+the failing part is complete (the chunk that would complete it is never sent, and the response
+is aborted, so the client sees a broken body, never a whole altered image). An instance known
+beforehand to have no fingerprint is refused (403) before the PACS is asked, when the policy
+says ``refuse``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,20 @@ from starlette.responses import Response, StreamingResponse
 
 from broker.config import PacsSettings
 from broker.dicomweb.facts import valid_uid
-from broker.errors import NotFound, UpstreamError
+from broker.dicomweb.integrity import (
+    ReadCheck,
+    StreamCheck,
+    Violation,
+    read_target,
+    unusable,
+)
+from broker.errors import (
+    DependencyUnavailable,
+    Forbidden,
+    IntegrityViolation,
+    NotFound,
+    UpstreamError,
+)
 
 __all__ = ["DicomwebProxy", "ParsedPath", "parse_path", "query_string", "upstream_query"]
 
@@ -266,13 +287,25 @@ class DicomwebProxy:
         headers: dict[str, str],
         link_base: str,
         on_done: Callable[[int, bool], None] | None = None,
+        check: ReadCheck | None = None,
     ) -> Response:
         """Send the request upstream and stream the answer back (JSON rewritten).
 
         ``on_done(bytes, complete)`` is told what reached the client once the body is out (a
-        transfer record); answers raised as errors are not reported to it.
+        transfer record); answers raised as errors are not reported to it. ``check``: compare
+        instances and frames with their fingerprints (see the module docstring).
         """
         done = on_done or _ignore
+        target = read_target(parsed.upstream) if check is not None else None
+        if check is not None and target is not None and target.sop_uid is not None:
+            before = unusable(check.lookup(target.sop_uid), target.sop_uid, check.policy)
+            if before is not None:
+                await check.report(before)  # raises if it cannot be recorded: nothing served
+                if before.finding == "index_full":
+                    raise DependencyUnavailable("The integrity index is full.")
+                if before.action == "refused":
+                    raise Forbidden("This instance has no integrity fingerprint.")
+                target = None  # served unchecked, as the policy says
         params = upstream_query(parsed, query)
         if params is None:
             done(2, True)
@@ -334,6 +367,13 @@ class DicomwebProxy:
         if encoded:
             out_headers.pop("content-length", None)
         size = _content_length(upstream)
+        stream_check = (
+            StreamCheck(
+                target, upstream.headers.get("content-type", ""), check.lookup, check.policy
+            )
+            if check is not None and target is not None
+            else None
+        )
         if not encoded and size is not None and size <= _BUFFER_MAX:
             # A frame, a rendered image, an instance: read whole and sent in one write. A
             # streamed answer costs a task group, a disconnect listener and a send per chunk.
@@ -343,8 +383,24 @@ class DicomwebProxy:
                 raise UpstreamError() from exc
             finally:
                 await upstream.aclose()
+            if stream_check is not None and check is not None:
+                try:
+                    stream_check.feed(body)
+                    stream_check.finish()
+                except Violation as violation:
+                    await _report_cut(check, violation)
+                    raise IntegrityViolation() from None
+                for note in stream_check.served_unchecked:
+                    await check.report(note)
             done(len(body), len(body) == size)
             return Response(body, status_code=200, headers=out_headers)
+        if stream_check is not None and check is not None:
+            return StreamingResponse(
+                _checked_relay(upstream, done, stream_check, check),
+                status_code=200,
+                headers=out_headers,
+                background=BackgroundTask(upstream.aclose),
+            )
         return StreamingResponse(
             _relay(upstream, done),
             status_code=200,
@@ -404,3 +460,48 @@ async def _relay(
         return  # the PACS broke off mid-stream; the client sees a short body, never a 500
     finally:
         done(sent, complete)  # also when the client went away (the generator is closed)
+
+
+class CutOff(Exception):
+    """Raised out of a checked stream so the server aborts the response (no terminating chunk,
+    a short body against its Content-Length): the client can tell the body is broken."""
+
+
+async def _report_cut(check: ReadCheck, violation: Violation) -> None:
+    try:
+        await check.report(violation.finding)
+    except Exception:  # noqa: BLE001 - cut off either way; the report logged its own failure
+        return
+
+
+async def _checked_relay(
+    upstream: httpx.Response,
+    done: Callable[[int, bool], None],
+    stream_check: StreamCheck,
+    check: ReadCheck,
+) -> AsyncIterator[bytes]:
+    """:func:`_relay`, with each chunk checked before it is sent and the last one held back
+    until the end of the answer was checked too."""
+    sent, complete = 0, False
+    pending: bytes | None = None
+    try:
+        async for chunk in upstream.aiter_bytes():
+            stream_check.feed(chunk)
+            if pending is not None:
+                yield pending
+                sent += len(pending)
+            pending = chunk
+        stream_check.finish()
+        for note in stream_check.served_unchecked:
+            await check.report(note)
+        if pending is not None:
+            yield pending
+            sent += len(pending)
+        complete = True
+    except Violation as violation:
+        await _report_cut(check, violation)
+        raise CutOff(str(violation)) from None
+    except httpx.HTTPError:
+        return  # the PACS broke off mid-stream; the client sees a short body, never a 500
+    finally:
+        done(sent, complete)

@@ -2,7 +2,8 @@
 
     GET  /auth/login?idp=<name>&next=/path   → the IdP (acr_values, max_age for step-up)
     GET  /auth/callback                      → a fresh session, then back to ``next``
-    GET  /auth/logout                        → session revoked here, then RP-initiated logout
+    GET  /auth/logout                        → the sign-out page (a GET changes nothing)
+    POST /auth/logout                        → session revoked here, then RP-initiated logout
     POST /auth/backchannel-logout            ← the IdP (OIDC Back-Channel Logout 1.0)
 
 authlib's Starlette client keeps ``state``, ``nonce`` and the PKCE verifier in ``request.session``,
@@ -23,14 +24,15 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from broker.audit import AuditEvent, EventKind, Outcome
+from broker.audit import AuditEvent, AuditUnavailable, EventKind, Outcome
 from broker.config import IssuerSettings
-from broker.errors import BadRequest, DependencyUnavailable
+from broker.errors import BadRequest, DependencyUnavailable, RateLimited
 from broker.identity._authlib import OAuth, OAuthError
 from broker.identity.bearer import TokenRejected, claims_to_principal, string_list
 from broker.identity.principal import Principal
 from broker.identity.sessions import SESSION_META, session_fits
 from broker.openapi import error_responses, redirect_response
+from broker.pages.security import CSRF_FIELD, check_csrf
 from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
@@ -112,12 +114,65 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-def _failure_page(status: int, message: str) -> HTMLResponse:
+def _failure_page(status: int, message: str, headers: dict[str, str] | None = None) -> HTMLResponse:
     body = (
         "<!doctype html><title>Sign-in failed</title>"
         f"<h1>Sign-in failed</h1><p>{message}</p><p><a href='/'>Start again</a></p>"
     )
-    return HTMLResponse(body, status_code=status)
+    return HTMLResponse(body, status_code=status, headers=headers)
+
+
+_RATE_LIMITED_PAGE = {
+    "description": "Too many sign-in attempts from this address (a page saying so).",
+    "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
+    "content": {"text/html": {}},
+}
+
+
+def _login_key(request: Request) -> str:
+    """Login attempts are counted by client address (no person is known before the IdP)."""
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
+async def _rate_limited(request: Request, step: str) -> Response | None:
+    """Take a login attempt from this address; the refusal page (429) when none is left.
+
+    The refusal is audited (``login.failed``, reason ``rate_limited``) on a best-effort basis:
+    it grants nothing, so an unavailable audit trail does not change the answer.
+    """
+    state = state_of(request)
+    try:
+        state.limits.check("login", _login_key(request))
+    except RateLimited as exc:
+        state.metrics.rate_limited.labels("login").inc()
+        try:
+            await state.audit.emit(
+                AuditEvent(
+                    kind=EventKind.LOGIN_FAILED,
+                    outcome=Outcome.FAILURE,
+                    reasons=["rate_limited"],
+                    detail={"step": step, "retry_after": int(exc.retry_after)},
+                    **RequestContext.audit_fields(request),
+                )
+            )
+        except AuditUnavailable:
+            state.metrics.audit_failures.inc()
+            log.warning("a rate-limited login could not be audited")
+        return _failure_page(
+            429,
+            f"Too many sign-in attempts from your address. Please wait {exc.retry_after} "
+            "seconds, then start again.",
+            headers={"Retry-After": exc.retry_after, "Cache-Control": "no-store"},
+        )
+    return None
+
+
+def _failed_attempt(request: Request) -> None:
+    """A failed callback costs more than an attempt: guessing is slowed down further."""
+    state = state_of(request)
+    state.limits.penalize(
+        "login", _login_key(request), state.settings.rate_limits.login_failure_cost
+    )
 
 
 @router.get(
@@ -126,7 +181,12 @@ def _failure_page(status: int, message: str) -> HTMLResponse:
     status_code=302,
     response_class=RedirectResponse,
     responses=error_responses(
-        400, 503, also={302: redirect_response("To the IdP's authorization endpoint.")}
+        400,
+        503,
+        also={
+            302: redirect_response("To the IdP's authorization endpoint."),
+            429: _RATE_LIMITED_PAGE,
+        },
     ),
 )
 async def login(
@@ -137,6 +197,8 @@ async def login(
     max_age: int | None = None,
 ) -> Response:
     state = state_of(request)
+    if (refused := await _rate_limited(request, "login")) is not None:
+        return refused
     names = [i.label for i in state.settings.issuers if i.client_id]
     name = idp or (names[0] if len(names) == 1 else None)
     client = state.oauth.create_client(name) if name else None
@@ -170,15 +232,19 @@ async def login(
                 "description": "The login failed (a page saying so).",
                 "content": {"text/html": {}},
             },
+            429: _RATE_LIMITED_PAGE,
         },
     ),
 )
 async def callback(request: Request) -> Response:
     state = state_of(request)
+    if (refused := await _rate_limited(request, "callback")) is not None:
+        return refused
     name = request.session.get("idp")
     client = state.oauth.create_client(name) if isinstance(name, str) else None
     audit_base = RequestContext.audit_fields(request)
     if client is None:
+        _failed_attempt(request)
         await state.audit.emit(
             AuditEvent(
                 kind=EventKind.LOGIN_FAILED,
@@ -196,6 +262,7 @@ async def callback(request: Request) -> Response:
     except (OAuthError, TokenRejected, KeyError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "error", None) or "login_failed"
         log.warning("login failed", extra={"idp": name, "reason": str(reason)})
+        _failed_attempt(request)
         await state.audit.emit(
             AuditEvent(
                 kind=EventKind.LOGIN_FAILED,
@@ -264,23 +331,64 @@ def _merge_id_token(principal: Principal, userinfo: dict[str, Any]) -> Principal
 
 @router.get(
     "/logout",
+    summary="Ask before signing out",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=error_responses(
+        also={
+            303: redirect_response(
+                "To the sign-out page (a form that posts here), or, signed out, the start page."
+            ),
+        },
+    ),
+)
+async def logout_page(request: Request) -> Response:
+    """A GET changes nothing: a link or an image on another site cannot sign a reader out."""
+    signed_in = principal_from_session(request) is not None
+    return RedirectResponse("/signout" if signed_in else "/", status_code=303)
+
+
+@router.post(
+    "/logout",
     summary="End the session here and at the IdP",
     status_code=303,
     response_class=RedirectResponse,
     responses=error_responses(
+        400,
+        403,
         503,
         also={
             302: redirect_response("Signed out here: on to the IdP's end-session endpoint."),
             303: redirect_response("Signed out (or never signed in): to the start page."),
         },
     ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {CSRF_FIELD: {"type": "string"}},
+                        "required": [CSRF_FIELD],
+                    }
+                }
+            },
+        }
+    },
 )
 async def logout(request: Request) -> Response:
+    """Sign out: the form of the sign-out page, with this session's CSRF token."""
     state = state_of(request)
     principal = principal_from_session(request)
-    request.session.clear()
     if principal is None:
+        request.session.clear()
         return RedirectResponse("/", status_code=303)
+    async with request.form(max_files=0, max_fields=2, max_part_size=4096) as form:
+        submitted = form.get(CSRF_FIELD)
+    if not check_csrf(request, submitted):
+        raise BadRequest("This sign-out form has expired: open the sign-out page again.")
+    request.session.clear()
     revoke_until = time.time() + state.settings.identity.session_absolute_seconds
     base = {
         "subject": principal.id,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -35,6 +36,7 @@ from broker.errors import (
     Forbidden,
     Gone,
     NotFound,
+    RateLimited,
     StepUpRequired,
     TeleradError,
     Unauthenticated,
@@ -42,6 +44,7 @@ from broker.errors import (
 from broker.identity.bearer import TokenRejected
 from broker.identity.dependencies import CurrentPrincipal, current_principal
 from broker.identity.principal import Principal
+from broker.links.integrity import policy_of, read_check
 from broker.links.token import LinkClaims, LinkInvalid
 from broker.links.transfers import Transferred
 from broker.links.window import Window, WindowKey, window_seconds
@@ -53,6 +56,7 @@ from broker.state import AppState, state_of
 
 __all__ = ["IssueLinkRequest", "IssuedLink", "api_router", "redeem_router", "subject_binding"]
 
+log = logging.getLogger("telerad.links")
 api_router = APIRouter(prefix="/api/links", tags=["links"])
 redeem_router = APIRouter(prefix="/links", tags=["links"])
 
@@ -171,7 +175,7 @@ def _refuse(decision: Decision, principal: Principal, request: Request) -> None:
     "",
     response_model=IssuedLink,
     summary="Issue a short-lived link to one study",
-    responses=error_responses(400, 401, 403, 404, 502, 503),
+    responses=error_responses(400, 401, 403, 404, 429, 502, 503),
     openapi_extra=AUTHENTICATED,
 )
 async def issue_link(
@@ -180,6 +184,11 @@ async def issue_link(
     state = state_of(request)
     context = RequestContext.of(request)
     binding = _binding(principal, request)  # a bad DPoP proof fails here, before any decision
+    try:
+        state.limits.check("issue_link", principal.id)  # before the PACS or the policy is asked
+    except RateLimited as exc:
+        await _audit_rate_limited(state, exc, principal, body.study_uid, context)
+        raise
     facts = await state.facts.get(body.study_uid)
     sealed: list[tuple[LinkClaims, str]] = []
 
@@ -236,6 +245,9 @@ async def issue_link(
     )
     if not decision.allow:
         _refuse(decision, principal, request)
+    state.limits.apply_obligation(
+        "issue_link", principal.id, decision.obligations.get("rate_limit")
+    )
     if not sealed:
         raise Forbidden("The policy granted nothing to link.")
     ((claims, token),) = sealed
@@ -286,7 +298,7 @@ async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Reques
     "/{token}/dicom-web/{path:path}",
     summary="DICOMweb below the linked study",
     response_class=Response,
-    responses=error_responses(401, 403, 404, 410, 502, 503, also=_REDEEM_ANSWERS),
+    responses=error_responses(401, 403, 404, 410, 429, 502, 503, also=_REDEEM_ANSWERS),
     openapi_extra=AUTHENTICATED,
 )
 async def redeem(token: str, path: str, request: Request) -> Response:
@@ -323,6 +335,8 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         reason = "operation_not_in_link"
         if parsed.operation not in claims.operations:
             raise Forbidden("This link does not allow that operation.")
+        reason = "rate_limited"
+        state.limits.check("redeem", principal.id)  # every request, window or not
         key = WindowKey(claims.link_id, holder, principal.id, parsed.operation)
         window = state.windows.get(key, policy_revision=state.enforcer.policy_revision)
         if window is None:
@@ -341,6 +355,8 @@ async def redeem(token: str, path: str, request: Request) -> Response:
                     )
     except TeleradError as exc:
         state.metrics.redemptions.labels(reason).inc()
+        if isinstance(exc, RateLimited):
+            state.metrics.rate_limited.labels("redeem").inc()
         await _audit_redeem(state, claims, principal, operation, Outcome.DENY, [reason], context)
         raise exc from None
     state.metrics.redemptions.labels("allow" if decision is not None else "window").inc()
@@ -352,7 +368,11 @@ async def redeem(token: str, path: str, request: Request) -> Response:
         await _audit_redeem(
             state, claims, principal, operation, Outcome.ALLOW, [], context, decision_id
         )
-        return await state.proxy.forward(parsed, query, dict(request.headers), link_base)
+        policy = policy_of(decision.obligations.get("unfingerprinted") if decision else None)
+        check = read_check(state, claims, principal, context, parsed.upstream, policy)
+        return await state.proxy.forward(
+            parsed, query, dict(request.headers), link_base, check=check
+        )
     # Inside a window the grant is durable already; what flows is aggregated per link and
     # series and flushed every second (broker.links.transfers).
     who = Transferred(
@@ -372,9 +392,12 @@ async def redeem(token: str, path: str, request: Request) -> Response:
     def transferred(size: int, complete: bool) -> None:
         state.transfers.record(who, upstream, size=size, ok=complete)
 
+    check = read_check(
+        state, claims, principal, context, upstream, policy_of(window.unfingerprinted)
+    )
     try:
         return await state.proxy.forward(
-            parsed, query, dict(request.headers), link_base, on_done=transferred
+            parsed, query, dict(request.headers), link_base, on_done=transferred, check=check
         )
     except TeleradError:
         transferred(0, False)
@@ -439,6 +462,7 @@ async def _decide_window(
                 start=context.now,
                 end=context.now + seconds,
                 grant_id=event.id,
+                unfingerprinted=policy_of(decision.obligations.get("unfingerprinted")),
             )
         )
         return [event]
@@ -448,6 +472,7 @@ async def _decide_window(
     )
     if not decision.allow:
         _refuse(decision, principal, request)
+    state.limits.apply_obligation("redeem", principal.id, decision.obligations.get("rate_limit"))
     if not opened:
         return decision, None
     # The grant is durable. The window opens for later requests unless a change arrived while
@@ -484,3 +509,35 @@ async def _audit_redeem(
             detail={"link_subject": claims.subject} if claims else {},
         ),
     )
+
+
+async def _audit_rate_limited(
+    state: AppState,
+    exc: RateLimited,
+    principal: Principal,
+    study_uid: str,
+    context: RequestContext,
+) -> None:
+    """Record an issuance refused by its rate limit: the broker's own deny, with no policy
+    decision behind it (reason ``rate_limited``). It grants nothing, so an audit trail that is
+    down does not change the answer (429), only the log and the failure counter say so."""
+    state.metrics.rate_limited.labels(exc.scope).inc()
+    event = AuditEvent(
+        kind=EventKind.DECISION,
+        outcome=Outcome.DENY,
+        subject=principal.id,
+        issuer=principal.issuer,
+        roles=list(principal.roles),
+        action="issue_link",
+        study_uid=study_uid,
+        reasons=["rate_limited"],
+        client_ip=context.client_ip,
+        user_agent=context.user_agent,
+        session_id=principal.session_id,
+        detail={"retry_after": int(exc.retry_after)},
+    )
+    try:
+        await state.audit.emit(event)
+    except AuditUnavailable:
+        state.metrics.audit_failures.inc()
+        log.warning("a rate-limited issuance could not be audited", extra={"scope": exc.scope})

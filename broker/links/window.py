@@ -62,6 +62,7 @@ class Window:
     start: float
     end: float
     grant_id: str | None = None  # the durable grant event that opened it
+    unfingerprinted: str = "refuse"  # the decision's obligation (broker.dicomweb.integrity)
 
 
 def window_seconds(obligation: object, *, now: float, link_expires_at: float) -> float:

@@ -25,6 +25,7 @@ from broker.errors import (
     DependencyUnavailable,
     Forbidden,
     NotFound,
+    RateLimited,
     StepUpRequired,
     TeleradError,
     Unauthenticated,
@@ -119,13 +120,16 @@ def render_refusal(
         403: "forbidden",
         404: "not_found",
         410: "gone",
+        429: "rate_limited",
         502: "pacs_down",
         503: "unavailable",
     }.get(exc.status_code, "error")
     codes = exc.reasons if isinstance(exc, Forbidden) else ()
     words = [REASON_WORDS.get(code, code.replace("_", " ")) for code in codes]
-    status = exc.status_code if exc.status_code in (400, 401, 403, 404, 410, 502, 503) else 500
-    return render(
+    known = (400, 401, 403, 404, 410, 429, 502, 503)
+    status = exc.status_code if exc.status_code in known else 500
+    retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+    response = render(
         request,
         "refusal.html",
         status,
@@ -134,7 +138,11 @@ def render_refusal(
         detail=exc.detail,
         reasons=words,
         study_uid=study_uid,
+        retry_after=retry_after,
     )
+    if retry_after is not None:
+        response.headers["Retry-After"] = retry_after
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -148,6 +156,15 @@ async def home(request: Request) -> Response:
     except (DependencyUnavailable, UpstreamError) as exc:
         return render_refusal(request, exc, principal)
     return render(request, "worklist.html", principal=principal, rows=rows)
+
+
+@router.get("/signout", response_class=HTMLResponse)
+async def signout_page(request: Request) -> Response:
+    """Sign out, confirmed with a form (a GET signs nobody out)."""
+    principal = await _principal(request)
+    if principal is None:
+        return RedirectResponse("/", status_code=303)
+    return render(request, "signout.html", principal=principal)
 
 
 @router.get("/studies/lookup")

@@ -2,7 +2,7 @@
 
 The engine is the stack's own when the stack runs on the testcontainers backend, else the one
 ``DOCKER_HOST`` (or the default socket) reaches, else a private ``dockerd`` started for this
-session (:mod:`broker.stack.engine`). The tests skip, saying why, only where none can start.
+session (:mod:`devstack.engine`). The tests skip, saying why, only where none can start.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from broker.stack._procs import progress
-from broker.stack.engine import DockerEngine, EngineUnavailable
-from broker.stack.images import Images, build
-from broker.stack.stack import Stack
+from devstack._procs import progress
+from devstack.engine import DockerEngine, EngineUnavailable
+from devstack.images import Images, build
+from devstack.stack import Stack
 from tests.conftest import no_engine
 
 

@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 
-from broker.stack.engine import (
+from devstack.engine import (
     DockerEngine,
     EngineUnavailable,
     engine_answers,

@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.stack._procs import free_port
-from broker.stack.stack import Stack
+from devstack._procs import free_port
+from devstack.stack import Stack
 from tests.containers.conftest import BuiltImage, restricted
 
 pytestmark = pytest.mark.integration
 
-# What must never be in the image: the dev stack's credentials (broker/stack, the realms' files).
+# What must never be in the image: the dev stack's credentials (devstack, the realms' files).
 _DEV_CREDENTIALS = (
     "dev-broker-secret",
     "dev-consent-secret",
@@ -55,7 +55,7 @@ print(json.dumps({
     "uid": os.getuid(), "gid": os.getgid(),
     "executables": executables(paths),
     "venv_bin": sorted(e.name for e in (venv / "bin").iterdir()) if venv.is_dir() else [],
-    "broker_stack": has("broker.stack"),
+    "broker_stack": has("devstack"),
     "streams": has("streams"),
     "pip": has("pip"),
     "credentials": found,
@@ -87,7 +87,7 @@ class TestBuiltImage:
         found = _inspect(broker_image, broker_image.tag)
         assert (found["uid"], found["gid"]) == (10001, 10001), found
         assert not found["writable_root"], found
-        assert not found["broker_stack"], "broker/stack (the dev stack) is in the image"
+        assert not found["broker_stack"], "devstack (the dev stack) is in the image"
         assert found["streams"], found
         assert not found["pip"], "pip is left in the image"
         assert found["credentials"] == [], found["credentials"]
@@ -122,6 +122,20 @@ def served(broker_image: BuiltImage, stack: Stack, tmp_path: Path) -> Iterator[s
             path.chmod(0o755 if path.is_dir() else 0o644)
         mounts[str(shared)] = {"bind": "/etc/telerad/facts", "mode": "ro"}
         env["TELERAD_FACTS_FILE"] = "/etc/telerad/facts/facts.json"
+    names = ("CA_FILE", "CERT_FILE", "KEY_FILE")
+    tls_files = {
+        n: env[f"TELERAD_PACS__TLS__{n}"] for n in names if f"TELERAD_PACS__TLS__{n}" in env
+    }
+    if tls_files:
+        # the stack's Orthanc CA (and client certificate), where the chart mounts them
+        shared = tmp_path / "pacs-tls"
+        shared.mkdir(mode=0o755)
+        for name, source in tls_files.items():
+            copy = shared / Path(source).name
+            shutil.copy(source, copy)
+            copy.chmod(0o644)
+            env[f"TELERAD_PACS__TLS__{name}"] = f"/var/run/secrets/telerad-pacs-tls/{copy.name}"
+        mounts[str(shared)] = {"bind": "/var/run/secrets/telerad-pacs-tls", "mode": "ro"}
     started = time.monotonic()
     container = broker_image.client.containers.run(
         broker_image.tag,

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.stack.provision import cache_dir, go_tool
+from devstack.provision import cache_dir, go_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "telerad-broker"
-SCENARIOS = ("minimal", "production", "bundle")
+SCENARIOS = ("minimal", "production", "bundle", "strimzi-mtls")
 KUBE_VERSION = "1.31.0"
 NAMESPACE = "telerad"
 RELEASE = "telerad-broker"

@@ -189,6 +189,30 @@ def _refusals() -> list[Any]:
             "minimal", {"metrics": {"enabled": True}}, "metricsFrom", id="metrics-blocked-by-netpol"
         ),
         pytest.param(
+            "production",
+            {"kafkaTopics": {"enabled": True}},
+            "secrets.kafkaAdmin.existingSecret is required",
+            id="topics-job-without-admin-user",
+        ),
+        pytest.param(
+            "minimal",
+            {"config": {"tracing": {"enabled": True}}},
+            "needs config.tracing.otlpEndpoint",
+            id="tracing-without-endpoint",
+        ),
+        pytest.param(
+            "minimal",
+            {"config": {"tracing": {"enabled": True, "otlpEndpoint": "http://c:4318/v1/traces"}}},
+            "networkPolicy.egress.otlp.to",
+            id="tracing-blocked-by-netpol",
+        ),
+        pytest.param(
+            "minimal",
+            {"metrics": {"port": 8000}, "broker": {"port": 8000}},
+            "must differ from broker.port",
+            id="metrics-on-the-http-port",
+        ),
+        pytest.param(
             "minimal",
             {"networkPolicy": {"egress": {"kafka": {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}}}},
             "allows everything",

@@ -147,7 +147,7 @@ class TestDockerignore:
         assert lines[0] == "*", "the context is an allow-list"
         allowed = {line[1:] for line in lines if line.startswith("!")}
         assert allowed == {"pyproject.toml", "README.md", "broker/", "streams/"}
-        for excluded in ("broker/stack/", "**/*.pem", "**/.stack.env"):
+        for excluded in ("devstack/", "**/*.pem", "**/.stack.env"):
             assert excluded in lines, excluded
 
     def test_every_copied_path_is_allowed(self) -> None:

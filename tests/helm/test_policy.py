@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from broker.stack.provision import go_tool
+from devstack.provision import go_tool
 from tests.helm.conftest import CHART, REPO, Doc, Rendered
 
 _CHART_POLICIES = CHART / "policies"

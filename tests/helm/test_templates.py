@@ -401,7 +401,11 @@ class TestBrokerDeployment:
         assert "command" not in broker  # the image's ENTRYPOINT is `telerad`
         # In a pod the broker listens on the pod IP; only the NetworkPolicy reaches it.
         assert broker["args"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
-        assert broker["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+        assert broker["ports"] == [
+            {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+            # /metrics listens on its own port (only the Service exposes it, when metrics.enabled)
+            {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+        ]
 
     def test_probes(self, rendered: dict[str, Rendered]) -> None:
         broker = rendered["minimal"].container(rendered["minimal"].broker(), "broker")
@@ -534,9 +538,38 @@ class TestAuditConsumers:
                 "--syslog",
                 "siem.hospital.example:6514",
                 "--protocol",
-                "tcp",
+                "tls",
             ],
         }
+
+    def test_probes_use_the_health_port(self, chart: Chart) -> None:
+        rendered = chart.template("production", {"audit": {"health": {"port": 8090}}})
+        consumers = [w for w in rendered.workloads() if w["metadata"]["name"] != RELEASE]
+        assert len(consumers) == 3
+        for workload in consumers:
+            container = _pod(workload)["containers"][0]
+            name = workload["metadata"]["name"]
+            assert container["ports"] == [
+                {"name": "health", "containerPort": 8090, "protocol": "TCP"}
+            ], name
+            assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+            assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+            env = _env(container)
+            assert env["TELERAD_STREAMS__HEALTH_PORT"] == "8090", name
+            assert env["TELERAD_STREAMS__HEALTH_HOST"] == "0.0.0.0", name  # noqa: S104
+
+    def test_the_backup_job_has_no_probes(self, chart: Chart) -> None:
+        rendered = chart.template(
+            "production",
+            {"audit": {"ledger": {"backup": {"enabled": True, "existingClaim": "backups"}}}},
+        )
+        jobs = [d for d in rendered.docs if d["kind"] == "CronJob"]
+        assert len(jobs) == 1
+        for job in jobs:
+            container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+            assert "livenessProbe" not in container
+            assert "TELERAD_STREAMS__HEALTH_PORT" not in _env(container)
 
     def test_each_runs_once(self, rendered: dict[str, Rendered]) -> None:
         for workload in rendered["production"].workloads():
@@ -571,20 +604,83 @@ class TestAuditConsumers:
         assert {"name": "export", "emptyDir": {}} in _pod(export)["volumes"]
 
 
+class TestKafkaTopicsJob:
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        assert "Job" not in rendered["production"].kinds()
+
+    def test_hook_job_as_the_admin_user_with_the_broker_settings(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        mtls = rendered["strimzi-mtls"]
+        job = mtls.get("Job", f"{RELEASE}-kafka-topics")
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+        pod = _pod(job)
+        assert pod["restartPolicy"] == "Never"
+        assert pod["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in pod  # the release's does not exist at pre-install
+        container = pod["containers"][0]
+        assert container["args"] == ["kafka", "topics"]
+        assert "envFrom" not in container  # nor does the ConfigMap: the settings are inline
+        env = _env(container)
+        configmap = mtls.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert {k: env[k] for k in configmap} == configmap
+        assert env["TELERAD_KAFKA__SECURITY_PROTOCOL"] == "SSL"
+        assert env["TELERAD_KAFKA__SSL_CERT_FILE"].endswith("/user.crt")
+        user = [v for v in pod["volumes"] if v["name"] == "kafka-user"]
+        assert user and user[0]["secret"]["secretName"] == "telerad-topics"
+        policy = mtls.get("NetworkPolicy", f"{RELEASE}-kafka-topics")
+        assert policy["spec"]["ingress"] == []
+        assert "helm.sh/hook" not in policy["metadata"].get("annotations", {})
+
+    def test_dry_run(self, chart: Chart) -> None:
+        rendered = chart.template("strimzi-mtls", {"kafkaTopics": {"dryRun": True}})
+        job = rendered.get("Job", f"{RELEASE}-kafka-topics")
+        assert _pod(job)["containers"][0]["args"] == ["kafka", "topics", "--dry-run"]
+
+
+class TestTracing:
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        env = rendered["production"].get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert not [k for k in env if k.startswith("TELERAD_TRACING__")]
+
+    def test_on_with_its_collector_let_out(self, chart: Chart) -> None:
+        collector = [{"namespaceSelector": {"matchLabels": {"name": "observability"}}}]
+        endpoint = "http://otel-collector.observability:4318/v1/traces"
+        rendered = chart.template(
+            "minimal",
+            {
+                "config": {
+                    "tracing": {"enabled": True, "otlpEndpoint": endpoint, "sampleRatio": 0.25}
+                },
+                "networkPolicy": {"egress": {"otlp": {"to": collector}}},
+            },
+        )
+        env = rendered.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert (
+            env["TELERAD_TRACING__ENABLED"],
+            env["TELERAD_TRACING__OTLP_ENDPOINT"],
+            env["TELERAD_TRACING__SAMPLE_RATIO"],
+        ) == ("true", endpoint, "0.25")
+        egress = rendered.get("NetworkPolicy", RELEASE)["spec"]["egress"]
+        assert {"to": collector, "ports": [{"port": 4318, "protocol": "TCP"}]} in egress
+
+
 class TestMetrics:
     def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
         annotations = rendered["minimal"].broker()["spec"]["template"]["metadata"]["annotations"]
         assert not any(k.startswith("prometheus.io/") for k in annotations)
         assert "ServiceMonitor" not in rendered["production"].kinds()
 
-    def test_service_monitor_and_annotations_point_at_the_path(self, chart: Chart) -> None:
+    def test_service_monitor_and_annotations_point_at_the_metrics_port(self, chart: Chart) -> None:
         scraper = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]
         rendered = chart.template(
             "minimal",
             {
                 "metrics": {
                     "enabled": True,
-                    "path": "/internal/metrics",
+                    "port": 9500,
                     "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
                 },
                 "networkPolicy": {"ingress": {"metricsFrom": scraper}},
@@ -593,9 +689,124 @@ class TestMetrics:
         monitor = rendered.get("ServiceMonitor")
         assert monitor["metadata"]["labels"]["release"] == "kps"
         assert monitor["spec"]["endpoints"] == [
-            {"port": "http", "path": "/internal/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+            {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
         ]
         annotations = rendered.broker()["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/path"] == "/internal/metrics"
+        assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+            "9500",
+            "/metrics",
+        )
+        container = rendered.broker()["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": 9500, "protocol": "TCP"} in container["ports"]
+        ports = {p["name"]: p for p in rendered.get("Service", RELEASE)["spec"]["ports"]}
+        assert ports["metrics"]["targetPort"] == "metrics"
+        env = rendered.get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert env["TELERAD_METRICS_PORT"] == "9500"
         ingress = rendered.get("NetworkPolicy", RELEASE)["spec"]["ingress"]
         assert [r["from"] for r in ingress][1] == scraper
+        assert ingress[1]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert ingress[0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+    def test_metrics_port_is_not_on_the_service_when_off(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        ports = [p["name"] for p in rendered["minimal"].get("Service", RELEASE)["spec"]["ports"]]
+        assert ports == ["http"]
+
+
+class TestTransportSecurityFiles:
+    """The PACS's and the syslog collector's TLS files: mounted from existing Secrets, for the
+    one workload that speaks to each, and named in its settings."""
+
+    @pytest.fixture
+    def pacs_mtls(self, chart: Chart) -> Rendered:
+        return chart.template("pacs-mtls")  # cached by the chart fixture
+
+    def test_pacs_mutual_tls_mounts_ca_and_client_certificate(self, pacs_mtls: Rendered) -> None:
+        broker = pacs_mtls.broker()
+        volumes = {v["name"]: v for v in _pod(broker)["volumes"]}
+        assert volumes["pacs-tls"]["secret"] == {
+            "secretName": "telerad-broker-pacs-client",
+            "defaultMode": 0o440,
+            "items": [
+                {"key": "ca.crt", "path": "ca.crt"},
+                {"key": "tls.crt", "path": "tls.crt"},
+                {"key": "tls.key", "path": "tls.key"},
+            ],
+        }
+        container = pacs_mtls.container(broker, "broker")
+        assert {
+            "name": "pacs-tls",
+            "mountPath": "/var/run/secrets/telerad-pacs-tls",
+            "readOnly": True,
+        } in container["volumeMounts"]
+        env = _env(container)
+        assert {k: v for k, v in env.items() if k.startswith("TELERAD_PACS__TLS__")} == {
+            "TELERAD_PACS__TLS__CA_FILE": "/var/run/secrets/telerad-pacs-tls/ca.crt",
+            "TELERAD_PACS__TLS__CERT_FILE": "/var/run/secrets/telerad-pacs-tls/tls.crt",
+            "TELERAD_PACS__TLS__KEY_FILE": "/var/run/secrets/telerad-pacs-tls/tls.key",
+        }
+
+    def test_only_the_broker_container_sees_the_pacs_client_key(self, pacs_mtls: Rendered) -> None:
+        seeing = [
+            name
+            for name, c in pacs_mtls.containers()
+            if any(m["name"] == "pacs-tls" for m in c.get("volumeMounts", []))
+        ]
+        assert seeing == [f"{RELEASE}/broker"]
+
+    def test_no_pacs_tls_without_its_secret(self, rendered: dict[str, Rendered]) -> None:
+        for scenario in SCENARIOS:
+            broker = rendered[scenario].broker()
+            assert "pacs-tls" not in {v["name"] for v in _pod(broker)["volumes"]}
+            env = _env(rendered[scenario].container(broker, "broker"))
+            assert not [k for k in env if k.startswith("TELERAD_PACS__TLS__")]
+
+    def test_syslog_over_tls_with_the_collector_ca(self, rendered: dict[str, Rendered]) -> None:
+        export = rendered["production"].get("Deployment", f"{RELEASE}-audit-export")
+        container = rendered["production"].container(export, "export")
+        assert container["args"][-2:] == ["--protocol", "tls"]
+        assert _env(container)["TELERAD_STREAMS__SYSLOG_TLS__CA_FILE"] == (
+            "/var/run/secrets/telerad-syslog-tls/ca.crt"
+        )
+        volumes = {v["name"]: v for v in _pod(export)["volumes"]}
+        assert volumes["syslog-tls"]["secret"]["secretName"] == "hospital-siem-ca"
+        assert volumes["syslog-tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            (
+                {"config": {"pacs": {"url": "http://pacs:8042/dicom-web"}}},
+                "config.pacs.url must be https:// in production",
+            ),
+            (
+                {
+                    "config": {
+                        "environment": "development",
+                        "publicUrl": "http://telerad.dev.example",
+                        "identity": {"sessionCookieSecure": False},
+                        "pacs": {"url": "http://pacs:8042/dicom-web"},
+                    },
+                    "secrets": {"pacsTls": {"existingSecret": "pacs-ca"}},
+                },
+                "secrets.pacsTls is set but config.pacs.url is not https://",
+            ),
+            (
+                {"secrets": {"pacsTls": {"existingSecret": "pacs-ca", "caKey": ""}}},
+                "secrets.pacsTls.existingSecret is set: give caKey, certKey or both",
+            ),
+            (
+                {"secrets": {"pacsTls": {"certKey": "tls.crt"}}},
+                "secrets.pacsTls.certKey is set: secrets.pacsTls.existingSecret must hold",
+            ),
+            (
+                {"secrets": {"syslogTls": {"existingSecret": "siem-ca"}}},
+                "secrets.syslogTls is set but audit.export.syslog.protocol is not tls",
+            ),
+        ],
+    )
+    def test_contradictions_are_refused(
+        self, chart: Chart, overrides: dict[str, Any], message: str
+    ) -> None:
+        assert message in chart.refusal("minimal", overrides)

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from broker.app import create_app
 from broker.audit import MemorySink
 from broker.config import Settings
-from broker.stack._procs import free_port
-from broker.stack.stack import Stack
+from devstack._procs import free_port
+from devstack.stack import Stack
 
 
 @dataclass
@@ -28,6 +28,11 @@ class Broker:
     audit: MemorySink
     client: httpx.AsyncClient
     settings: Settings
+
+    @property
+    def metrics_url(self) -> str:
+        """``/metrics`` on the broker's own metrics listener (never on its HTTP port)."""
+        return f"http://127.0.0.1:{self.app.state.metrics_server.port}/metrics"
 
 
 def worklist_read(app: FastAPI, seconds: float = 20) -> None:
@@ -73,6 +78,11 @@ class LiveBroker:
     app: FastAPI
     url: str
     audit: MemorySink
+
+    @property
+    def metrics_url(self) -> str:
+        """``/metrics`` on the broker's own metrics listener (never on its HTTP port)."""
+        return f"http://127.0.0.1:{self.app.state.metrics_server.port}/metrics"
 
 
 @contextmanager

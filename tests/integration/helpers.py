@@ -12,10 +12,15 @@ import time
 from typing import Any
 
 import httpx
+import requests
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session_from_auth
+from requests.auth import HTTPBasicAuth
 
 from broker.links.token import LinkClaims
+from devstack.services import Service
 
-# Dev-only values from broker/stack/resources/keycloak/*.json.
+# Dev-only values from devstack/resources/keycloak/*.json.
 PASSWORD = "dev-password"
 API_SECRETS = {"hospital-a": "dev-api-secret-a", "hospital-b": "dev-api-secret-b"}
 EVE_TOTP_BASE32 = "ORSWYZLSMFSC2ZDFOYWWK5TFFV2G65DQ"
@@ -91,7 +96,7 @@ async def browser_login(
 
 def keycloak_admin(base_url: str) -> dict[str, str]:
     """Headers for Keycloak's admin API (the stack's dev-only bootstrap admin)."""
-    from broker.stack.services import KEYCLOAK_ADMIN_PASSWORD
+    from devstack.services import KEYCLOAK_ADMIN_PASSWORD
 
     response = httpx.post(
         f"{base_url}/realms/master/protocol/openid-connect/token",
@@ -145,9 +150,9 @@ def publish_worklist(
     stack: Any, topic: str, study_uid: str, readers: list[str], kind: str = "", **fields: Any
 ) -> None:
     """Publish one worklist event for ``study_uid`` as the RIS's principal (acknowledged)."""
-    from broker.stack.kafka_cluster import RIS, security_kwargs
     from broker.worklist import WorklistEvent, WorklistKind
     from broker.worklist.publish import publish
+    from devstack.kafka_cluster import RIS, security_kwargs
 
     kafka = stack.services["kafka"]
     event = WorklistEvent(
@@ -164,3 +169,19 @@ def publish_worklist(
         topic=topic,
         client_config=security_kwargs(kafka, RIS),
     )
+
+
+def orthanc_dicomweb(orthanc: Service) -> DICOMwebClient:
+    """A DICOMweb client straight to the stack's Orthanc: basic auth, its CA (and the client
+    certificate when it requires one), so the comparison reads what the PACS serves."""
+    session: requests.Session = create_session_from_auth(
+        HTTPBasicAuth(str(orthanc.extra["user"]), str(orthanc.extra["password"]))
+    )
+    if orthanc.extra.get("ca_file"):
+        session.verify = str(orthanc.extra["ca_file"])
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify; loopback
+        # needs neither proxies nor netrc from the environment
+        session.trust_env = False
+    if orthanc.extra.get("tls") == "mutual":
+        session.cert = (str(orthanc.extra["client_cert"]), str(orthanc.extra["client_key"]))
+    return DICOMwebClient(url=orthanc.endpoints["dicomweb"], session=session)

@@ -25,18 +25,18 @@ from broker.audit.cloudevents import from_record
 from broker.audit.events import AuditEvent, EventKind, Outcome
 from broker.audit.kafka import KafkaAuditSink
 from broker.config import Settings
-from broker.stack import services
-from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import (
+from devstack import services
+from devstack._procs import free_port
+from devstack.kafka_cluster import (
     BROKER,
     CONSUMER,
     client_kwargs,
     kafka_env,
     security_kwargs,
 )
-from broker.stack.samples import sample_studies
-from broker.stack.services import Service
-from broker.stack.stack import Stack
+from devstack.samples import sample_studies
+from devstack.services import Service
+from devstack.stack import Stack
 from streams.ledger import LedgerConsumer, load_private_key
 from streams.ledger_store import LedgerStore
 from streams.merkle import leaf_hash, verify_inclusion

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from broker.stack.stack import Stack
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker
 from tests.integration.test_links import token
 from tests.integration.test_proxy_ohif import FRAMES_ACCEPT, LINKED, Link

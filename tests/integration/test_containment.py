@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from broker.config import Settings
-from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import CONSUMER, RESPONDER, kafka_env
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack._procs import free_port
+from devstack.kafka_cluster import CONSUMER, RESPONDER, kafka_env
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 from streams.ledger_store import LedgerStore
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token
@@ -81,7 +81,9 @@ def test_bulk_access_contains_the_person_on_every_replica_until_lifted(
             chest = next(s for s in sample_studies() if s.key == "stolaf-ct-chest")
             link = issue(a, ada, chest.study_uid)
             assert link.status_code == 200, link.text
-            on_b = link.json()["url"].replace(a.url, b.url) + "/metadata"
+            on_a = link.json()["url"] + "/metadata"
+            on_b = on_a.replace(a.url, b.url)
+            assert httpx.get(on_a, headers=me, timeout=30).status_code == 200
             assert httpx.get(on_b, headers=me, timeout=30).status_code == 200
 
             # the thief's pattern: one study after another (allowed or not, it is asking)
@@ -101,7 +103,9 @@ def test_bulk_access_contains_the_person_on_every_replica_until_lifted(
                 print(
                     f"\ncontained on {replica.url} {took:.2f} s after the alerts consumer stopped"
                 )
-            assert httpx.get(on_b, headers=me, timeout=30).status_code in (401, 403)
+            # the link issued before the containment stops working on both replicas
+            for existing in (on_a, on_b):
+                assert httpx.get(existing, headers=me, timeout=30).status_code in (401, 403)
             assert issue(b, ada, chest.study_uid).status_code == 401
 
             lifted = telerad(

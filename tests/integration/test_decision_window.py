@@ -19,9 +19,9 @@ from broker.audit.events import AuditEvent, EventKind, Outcome
 from broker.audit.kafka import KafkaAuditSink
 from broker.audit.sink import MemorySink
 from broker.config import Settings
-from broker.stack import services
-from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import (
+from devstack import services
+from devstack._procs import free_port
+from devstack.kafka_cluster import (
     ADMIN,
     BROKER,
     CONSUMER,
@@ -29,8 +29,8 @@ from broker.stack.kafka_cluster import (
     kafka_env,
     security_kwargs,
 )
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack, repo_root
+from devstack.samples import sample_studies
+from devstack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token, publish_worklist, transfer_records
 

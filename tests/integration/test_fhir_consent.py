@@ -29,10 +29,10 @@ from kafka import KafkaConsumer
 from broker.audit.cloudevents import from_record
 from broker.config import Settings
 from broker.fhir.consent import EXTERNAL_READING, PRIVACY_SCOPE
-from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import CONSUMER, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack._procs import free_port
+from devstack.kafka_cluster import CONSUMER, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token
 

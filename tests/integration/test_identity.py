@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from broker.stack.stack import Stack
+from devstack.stack import Stack
 from tests.integration.conftest import Broker, LiveBroker
 from tests.integration.helpers import (
     EVE_TOTP_BASE32,
@@ -53,7 +54,14 @@ class TestBrowserLogin:
         assert me.json()["roles"] == ["radiologist"]
         assert "login" in broker.audit.kinds()
         saved = broker.client.cookies.get("telerad_session")
-        out = await broker.client.get(f"{broker.url}/auth/logout")
+        # a GET changes nothing: it leads to the sign-out page, whose form posts the CSRF token
+        asked = await broker.client.get(f"{broker.url}/auth/logout")
+        assert asked.status_code == 303 and asked.headers["location"] == "/signout"
+        page = await broker.client.get(f"{broker.url}/signout")
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert page.status_code == 200 and token, page.text
+        assert "logout" not in broker.audit.kinds()
+        out = await broker.client.post(f"{broker.url}/auth/logout", data={"csrf": token[1]})
         assert out.status_code == 302, out.text
         assert out.headers["location"].startswith(realm(stack, "hospital-a"))
         assert (await broker.client.get(f"{broker.url}/api/me")).status_code == 401
@@ -335,7 +343,7 @@ class TestIntrospection:
 
 class TestStepUp:
     async def test_browser_steps_up_with_acr_values(self, broker: Broker, stack: Stack) -> None:
-        from broker.stack.samples import sample_studies
+        from devstack.samples import sample_studies
         from tests.integration.helpers import form_action, totp
 
         vip = next(s for s in sample_studies() if s.key == "stolaf-mr-vip").study_uid

@@ -28,11 +28,11 @@ from kafka import KafkaConsumer
 
 from broker.audit.kafka_admin import admin_client, alter_topics
 from broker.config import Settings
-from broker.stack import services
-from broker.stack.kafka_cluster import ADMIN, BROKER, CONSUMER, client_kwargs, kafka_env
-from broker.stack.samples import sample_studies
-from broker.stack.services import Service
-from broker.stack.stack import Stack
+from devstack import services
+from devstack.kafka_cluster import ADMIN, BROKER, CONSUMER, client_kwargs, kafka_env
+from devstack.samples import sample_studies
+from devstack.services import Service
+from devstack.stack import Stack
 from tests.integration.conftest import serve
 from tests.integration.helpers import password_token
 
@@ -87,6 +87,8 @@ def test_leader_killed_under_load_loses_no_grant(
         "TELERAD_KAFKA__MIN_INSYNC_REPLICAS": "2",
         "TELERAD_AUDIT_SINK": "kafka",
         "TELERAD_LINKS__KEYS": json.dumps({"k1": LINK_KEY}),
+        # four workers issue as one person for half a minute: load, not a person's use
+        "TELERAD_RATE_LIMITS__ISSUE_BURST": "1000000",
     }
     ada = password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
     outcomes: list[Outcome] = []

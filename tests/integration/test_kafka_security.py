@@ -26,10 +26,10 @@ from kafka.errors import KafkaError
 from broker.audit.cloudevents import from_record, to_record
 from broker.audit.events import AuditEvent, EventKind, Outcome
 from broker.config import Settings
-from broker.stack.kafka_cluster import BROKER, CONSUMER, INTRUDER, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.services import Service
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import BROKER, CONSUMER, INTRUDER, client_kwargs
+from devstack.samples import sample_studies
+from devstack.services import Service
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from broker.stack.kafka_cluster import CONSUMER, kafka_env
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import CONSUMER, kafka_env
+from devstack.stack import Stack
 from streams.ledger_store import LedgerStore
 from tests.integration.test_audit_stream import _ledger_size, _produce, topics
 

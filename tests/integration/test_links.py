@@ -9,16 +9,15 @@ from typing import Any
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from dicomweb_client.session_utils import create_session_from_auth
-from requests.auth import HTTPBasicAuth
 
 from broker.identity.principal import Principal
 from broker.links.endpoints import subject_binding
 from broker.links.token import LinkClaims
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack.samples import sample_studies
+from devstack.services import orthanc_client
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker
-from tests.integration.helpers import password_token, transfer_records
+from tests.integration.helpers import orthanc_dicomweb, password_token, transfer_records
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +53,8 @@ def parts(response: httpx.Response) -> list[bytes]:
 
 def direct(stack: Stack, path: str, accept: str) -> httpx.Response:
     orthanc = stack.services["orthanc"]
-    return httpx.get(
-        f"{orthanc.endpoints['dicomweb']}/{path}",
-        headers={"Accept": accept},
-        auth=(str(orthanc.extra["user"]), str(orthanc.extra["password"])),
-        timeout=30,
-    )
+    with orthanc_client(orthanc, timeout=30) as client:
+        return client.get(f"{orthanc.endpoints['dicomweb']}/{path}", headers={"Accept": accept})
 
 
 class TestIssue:
@@ -126,12 +121,7 @@ class TestRedeem:
         )
         through_link = client.retrieve_study(study.study_uid)
         orthanc = stack.services["orthanc"]
-        plain = DICOMwebClient(
-            url=orthanc.endpoints["dicomweb"],
-            session=create_session_from_auth(
-                HTTPBasicAuth(str(orthanc.extra["user"]), str(orthanc.extra["password"]))
-            ),
-        )
+        plain = orthanc_dicomweb(orthanc)
         straight = plain.retrieve_study(study.study_uid)
         assert len(through_link) == len(straight) == study.raw["instances"]
         by_uid = {str(ds.SOPInstanceUID): ds for ds in straight}
@@ -341,9 +331,9 @@ class TestPacsDown:
     def broker_env(self, broker_env: dict[str, str]) -> dict[str, str]:
         import os
 
-        from broker.stack._procs import free_port
+        from devstack._procs import free_port
 
-        dead = f"http://127.0.0.1:{free_port()}/dicom-web"
+        dead = f"https://127.0.0.1:{free_port()}/dicom-web"  # nobody listens there
         os.environ["TELERAD_PACS__URL"] = dead
         return broker_env | {"TELERAD_PACS__URL": dead}
 

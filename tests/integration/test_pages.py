@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.stack.samples import sample_studies
+from devstack.samples import sample_studies
 from tests.integration.conftest import Broker
 from tests.integration.helpers import browser_login, expired_link
 
@@ -170,7 +170,7 @@ async def test_an_expired_link_shows_the_expiry_page(ohif_dist: Path, broker: Br
 @pytest.fixture
 def opa_down(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing answers where the broker looks for OPA (requested before ``broker``)."""
-    from broker.stack._procs import free_port
+    from devstack._procs import free_port
 
     monkeypatch.setenv("TELERAD_OPA__URL", f"http://127.0.0.1:{free_port()}")
 
@@ -178,9 +178,9 @@ def opa_down(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.fixture
 def pacs_down(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing answers where the broker looks for the PACS (requested before ``broker``)."""
-    from broker.stack._procs import free_port
+    from devstack._procs import free_port
 
-    monkeypatch.setenv("TELERAD_PACS__URL", f"http://127.0.0.1:{free_port()}/dicom-web")
+    monkeypatch.setenv("TELERAD_PACS__URL", f"https://127.0.0.1:{free_port()}/dicom-web")
 
 
 async def test_policy_down_is_a_503_page_and_nothing_is_listed(

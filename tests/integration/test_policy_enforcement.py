@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.stack import services
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack, repo_root
+from devstack import services
+from devstack.samples import sample_studies
+from devstack.stack import Stack, repo_root
 from tests.integration.conftest import Broker
 from tests.integration.helpers import (
     EVE_TOTP_BASE32,
@@ -62,6 +62,7 @@ class TestRules:
             "break_glass": False,
             "bearer_only_redeem": False,
             "redeem_window_seconds": 0,
+            "unfingerprinted": "serve",
         }
         assert result["decision_id"]
         assert broker.audit.events[-1].decision_id == result["decision_id"]
@@ -204,8 +205,13 @@ class TestFailClosed:
         )
         assert issue.status_code == 503, issue.text
         assert broker.audit.events[-1].outcome.value == "deny"
-        metrics = (await broker.client.get(f"{broker.url}/metrics")).text
-        assert 'telerad_policy_errors_total{code="policy_unavailable"} 2.0' in metrics
+        port = broker.app.state.metrics_server.port  # /metrics has a listener of its own
+        async with httpx.AsyncClient() as scraper:
+            scraped = await scraper.get(f"http://127.0.0.1:{port}/metrics")
+        assert scraped.status_code == 200, scraped.text
+        assert 'telerad_policy_errors_total{code="policy_unavailable"} 2.0' in scraped.text
+        on_main_port = await broker.client.get(f"{broker.url}/metrics")
+        assert "telerad_" not in on_main_port.text  # never on the port an Ingress exposes
 
     async def test_data_changed_at_runtime_is_followed(
         self, broker: Broker, stack: Stack, own_opa: Any

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from broker.stack.stack import Stack
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker
 from tests.integration.helpers import transfer_records
 from tests.integration.test_links import STUDY, direct, issue, parts, token

@@ -12,9 +12,9 @@ from httpx import Response
 
 from broker.app import create_app
 from broker.config import Settings
-from broker.stack import services
-from broker.stack.services import Service
-from broker.stack.stack import Stack, repo_root
+from devstack import services
+from devstack.services import Service
+from devstack.stack import Stack, repo_root
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def _own_orthanc(tmp: Path) -> Service:
     ("dependency", "start", "override"),
     [
         ("opa", _own_opa, lambda s: {"TELERAD_OPA__URL": s.endpoints["url"]}),
-        ("pacs", _own_orthanc, lambda s: {"TELERAD_PACS__URL": s.endpoints["dicomweb"]}),
+        ("pacs", _own_orthanc, services.orthanc_broker_env),
     ],
 )
 def test_unready_names_the_stopped_dependency(

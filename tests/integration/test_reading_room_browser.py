@@ -25,10 +25,10 @@ from kafka import KafkaConsumer
 
 from broker.audit.cloudevents import from_record
 from broker.config import Settings
-from broker.stack import provision
-from broker.stack.kafka_cluster import CONSUMER, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack import provision
+from devstack.kafka_cluster import CONSUMER, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import EVE_TOTP_BASE32, PASSWORD, expired_link, totp
 
@@ -356,7 +356,7 @@ def test_an_expired_session_goes_through_sign_in_back_to_the_study(
         page.wait_for_url(f"{room.live.url}/studies/{uid}")  # the IdP's session signs her in
         assert page.get_by_role("heading", name="stolaf-ct-chest").count()
 
-        page.get_by_role("link", name="Sign out").click()
+        page.get_by_role("button", name="Sign out").click()
         # Keycloak asks whether to end its own session too (no id_token_hint is kept), then
         # comes back to the broker's home page
         page.locator("#kc-logout").click()

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.stack._procs import free_port
+from devstack._procs import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -8,14 +8,13 @@ import uuid
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from dicomweb_client.session_utils import create_session_from_auth
 from kafka import KafkaConsumer, KafkaProducer
 from opa_client import AsyncOpaClient
-from requests.auth import HTTPBasicAuth
 
-from broker.stack.kafka_cluster import ADMIN, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack
+from devstack.kafka_cluster import ADMIN, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack
+from tests.integration.helpers import orthanc_dicomweb
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +61,7 @@ class TestOpa:
 
 class TestOrthanc:
     def _client(self, stack: Stack) -> DICOMwebClient:
-        orthanc = stack.services["orthanc"]
-        session = create_session_from_auth(
-            HTTPBasicAuth(str(orthanc.extra["user"]), str(orthanc.extra["password"]))
-        )
-        return DICOMwebClient(url=orthanc.endpoints["dicomweb"], session=session)
+        return orthanc_dicomweb(stack.services["orthanc"])
 
     def test_qido_finds_every_sample_study(self, stack: Stack) -> None:
         found = {s["0020000D"]["Value"][0] for s in self._client(stack).search_for_studies()}

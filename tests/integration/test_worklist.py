@@ -21,12 +21,12 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from broker.config import Settings
-from broker.stack import services
-from broker.stack._procs import free_port
-from broker.stack.kafka_cluster import BROKER, INTRUDER, RIS, client_kwargs
-from broker.stack.samples import sample_studies
-from broker.stack.stack import Stack, repo_root
 from broker.worklist import WorklistEvent, WorklistKind, to_record
+from devstack import services
+from devstack._procs import free_port
+from devstack.kafka_cluster import BROKER, INTRUDER, RIS, client_kwargs
+from devstack.samples import sample_studies
+from devstack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import browser_login, password_token, publish_worklist
 

@@ -36,6 +36,7 @@ from broker.links.window import DecisionWindows
 from broker.metrics import Metrics
 from broker.opa import Decision, Reason
 from broker.policy import PolicyEnforcer
+from broker.ratelimits import RateLimits
 from broker.revocation import Revocations
 from broker.state import AppState
 
@@ -176,12 +177,16 @@ class FakeBroker:
         """An Authorization header with a valid token (claims overridable)."""
         return {"Authorization": f"Bearer {self.idp.token(**claims)}"}
 
-    def session(self, sid: str = "sid-1") -> dict[str, str]:
-        """A browser session cookie, signed in as the token's radiologist."""
+    def session(self, sid: str = "sid-1", csrf: str | None = None) -> dict[str, str]:
+        """A browser session cookie, signed in as the token's radiologist (with ``csrf`` as
+        its pages' CSRF token, if given)."""
         now = int(time.time())
         principal = {"id": "npi:1000000001", "issuer": ISS, "subject": "u-1"}
         principal |= {"roles": ["radiologist"], "acr": "1", "auth_time": now}
-        stored = {"m": {"sid": sid, "created": now, "seen": now}, "d": {"principal": principal}}
+        data: dict[str, object] = {"principal": principal}
+        if csrf is not None:
+            data["csrf"] = csrf
+        stored = {"m": {"sid": sid, "created": now, "seen": now}, "d": data}
         ring = session_keyring(self.state.settings)
         sealed = ring.seal(json.dumps(stored).encode(), purpose="session")
         return {self.state.settings.identity.session_cookie: sealed}
@@ -267,6 +272,7 @@ def fake_broker() -> FakeBroker:
         consents=ConsentStore(),
         windows=DecisionWindows(),
         transfers=TransferLog(audit),
+        limits=RateLimits(settings.rate_limits),
     )
     app = create_app(settings, audit=audit)
     app.state.telerad = state

@@ -127,3 +127,17 @@ def test_containment_is_opt_in_allow_listed_and_cools_down() -> None:
     assert revocations.is_revoked(RevocationKind.SUBJECT, "npi:7")
     assert apply_event(revocations, lift_event("npi:7", "false positive, checked", "operator:x"))
     assert not revocations.is_revoked(RevocationKind.SUBJECT, "npi:7")
+
+
+def test_integrity_violation_cut_off_is_critical() -> None:
+    detail = {"finding": "altered", "action": "cut_off", "sop_uid": "1.2.3"}
+    (alert,) = run([ev(EventKind.INTEGRITY_VIOLATION, Outcome.DENY, detail=detail)])
+    assert (alert.rule, alert.severity) == ("integrity_violation", "critical")
+    assert alert.detail == {"sop_uid": "1.2.3", "finding": "altered", "action": "cut_off"}
+    assert "1.2.3" in alert.message and "cut off" in alert.message
+
+
+def test_unfingerprinted_served_is_a_low_alert() -> None:
+    detail = {"finding": "unfingerprinted", "action": "served", "sop_uid": "1.2.3"}
+    (alert,) = run([ev(EventKind.INTEGRITY_VIOLATION, Outcome.ALLOW, detail=detail)])
+    assert (alert.rule, alert.severity) == ("unfingerprinted_served", "low")

@@ -39,6 +39,7 @@ AUTHENTICATES_INSIDE = {
     "/",
     "/studies/{study_uid}",
     "/studies/{study_uid}/open",
+    "/signout",
     "/read/{token}/{route:path}",
     # FHIR answers its errors as OperationOutcome, so it calls current_principal itself
     "/fhir/Consent",
@@ -109,11 +110,31 @@ def _attribute_calls(function: ast.AST) -> list[ast.Call]:
     ]
 
 
+def test_the_product_does_not_import_the_dev_stack() -> None:
+    """broker/ and streams/ ship in the image; devstack/ (with its dev credentials) does not.
+    Only the CLI's ``telerad stack`` imports it, inside the command, after checking it is there."""
+    offenders = []
+    for root in (BROKER, BROKER.parent / "streams"):
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                if any(n == "devstack" or n.startswith("devstack.") for n in names):
+                    if path.name == "cli.py" and root == BROKER and node.col_offset > 0:
+                        continue  # inside a function of the CLI's stack commands
+                    offenders.append(f"{path.relative_to(BROKER.parent)}:{node.lineno}")
+    assert not offenders, f"the product imports the dev stack: {offenders}"
+    assert not (BROKER / "stack").exists()
+
+
 def test_no_pacs_access_or_link_without_a_decision() -> None:
     offenders: list[str] = []
     for path in BROKER.rglob("*.py"):
-        if "stack" in path.parts:
-            continue
         source = path.read_text()
         lines = source.splitlines()
         tree = ast.parse(source)

@@ -799,3 +799,99 @@ def test_dicom_window_and_control_events_are_security_alerts(
     assert event_id is not None and event_id.attrib["csd-code"] == "110113"
     codes = [t.attrib["csd-code"] for t in identification.findall("EventTypeCode")]
     assert codes == [type_code]
+
+
+# ---------------------------------------------------------------- integrity
+
+FINGERPRINT = {
+    "study_uid": STUDY,
+    "series_uid": STUDY + ".1",
+    "sop_uid": STUDY + ".1.1",
+    "transfer_syntax": "1.2.840.10008.1.2.1",
+    "size": 1234,
+    "file_sha256": "ab" * 32,
+    "frame_sha256": ["cd" * 32],
+    "pacs_id": "0a1b",
+    "source": "pacs#17",
+}
+
+
+def stored_event() -> dict[str, Any]:
+    return AuditEvent(
+        kind=EventKind.INSTANCE_STORED,
+        outcome=Outcome.SUCCESS,
+        study_uid=STUDY,
+        time=WHEN,
+        detail={"fingerprint": FINGERPRINT},
+    ).model_dump(mode="json")
+
+
+def violation(action: str, outcome: Outcome) -> dict[str, Any]:
+    return access(
+        EventKind.INTEGRITY_VIOLATION,
+        outcome,
+        link_id="link-1",
+        reasons=["integrity_altered"],
+        detail={"finding": "altered", "action": action, "sop_uid": FINGERPRINT["sop_uid"]},
+    )
+
+
+def test_fhir_fingerprint_is_instances_transferred_created() -> None:
+    resource = to_fhir_audit_event(stored_event())
+    assert resource["type"] == {
+        "system": DCM,
+        "code": "110104",
+        "display": "DICOM Instances Transferred",
+    }
+    assert "subtype" not in resource
+    assert (resource["action"], resource["outcome"]) == ("C", "0")
+    record = resource["entity"][-1]
+    assert json.loads(details(record)["detail"])["fingerprint"]["file_sha256"] == "ab" * 32
+
+
+def test_dicom_fingerprint_names_the_pacs_as_destination() -> None:
+    root = parse(to_dicom_audit_message(stored_event()))
+    ident = root.find("EventIdentification")
+    assert ident is not None and ident.attrib["EventActionCode"] == "C"
+    event_id = ident.find("EventID")
+    assert event_id is not None and event_id.attrib["csd-code"] == "110104"
+    assert ident.findall("EventTypeCode") == []
+    participants = {
+        p.attrib["UserID"]: [r.attrib["csd-code"] for r in p.findall("RoleIDCode")]
+        for p in root.findall("ActiveParticipant")
+    }
+    assert participants == {"telerad-broker": ["110150"], "pacs": ["110152"]}
+
+
+def test_fhir_violation_is_a_security_alert_with_our_subtype() -> None:
+    resource = to_fhir_audit_event(violation("cut_off", Outcome.DENY))
+    assert resource["type"]["code"] == "110113"
+    assert resource["subtype"] == [
+        {
+            "system": "https://telerad-broker.dev/fhir/CodeSystem/audit-event-sub-type",
+            "code": "integrity-violation",
+            "display": "Instance Integrity Violation",
+        }
+    ]
+    assert (resource["action"], resource["outcome"]) == ("E", "8")
+    served = to_fhir_audit_event(violation("served", Outcome.ALLOW))
+    assert served["outcome"] == "0"
+
+
+def test_dicom_violation_is_a_security_alert() -> None:
+    root = parse(to_dicom_audit_message(violation("cut_off", Outcome.DENY)))
+    ident = root.find("EventIdentification")
+    assert ident is not None
+    assert (ident.attrib["EventActionCode"], ident.attrib["EventOutcomeIndicator"]) == ("E", "8")
+    event_id, event_type = ident.find("EventID"), ident.find("EventTypeCode")
+    assert event_id is not None and event_id.attrib["csd-code"] == "110113"
+    assert event_type is not None and event_type.attrib == {
+        "csd-code": "integrity-violation",
+        "codeSystemName": "99TELERAD",
+        "originalText": "Instance Integrity Violation",
+    }
+    objects = root.findall("ParticipantObjectIdentification")
+    assert object_details(objects[0])["Alert Description"].startswith(
+        "Instance failed its integrity check"
+    )
+    assert syslog_severity(violation("served", Outcome.ALLOW)) == 4

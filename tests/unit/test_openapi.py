@@ -17,8 +17,10 @@ import httpx
 import pytest
 from pydantic import TypeAdapter
 
+from broker.config import RateLimitSettings
 from broker.errors import ErrorBody
 from broker.health import Readiness
+from broker.ratelimits import RateLimits
 from tests.unit.fake_broker import (
     BROKEN,
     DENIED,
@@ -31,15 +33,16 @@ from tests.unit.fake_broker import (
 REDEEM = "/links/{token}/dicom-web/{path}"
 REVOKE = "/api/links/{link_id}/revoke"
 ERRORS: dict[tuple[str, str], set[int]] = {
-    ("GET", "/auth/login"): {400, 503},
-    ("GET", "/auth/callback"): {400, 503},
-    ("GET", "/auth/logout"): {503},
+    ("GET", "/auth/login"): {400, 429, 503},
+    ("GET", "/auth/callback"): {400, 429, 503},
+    ("GET", "/auth/logout"): set(),
+    ("POST", "/auth/logout"): {400, 403, 503},
     ("POST", "/auth/backchannel-logout"): {400, 503},
     ("GET", "/api/me"): {401},
     ("POST", "/api/decisions"): {400, 401, 403, 404, 502, 503},
-    ("POST", "/api/links"): {400, 401, 403, 404, 502, 503},
+    ("POST", "/api/links"): {400, 401, 403, 404, 429, 502, 503},
     ("POST", REVOKE): {401, 403, 404, 503},
-    ("GET", REDEEM): {401, 403, 404, 406, 410, 502, 503},
+    ("GET", REDEEM): {401, 403, 404, 406, 410, 429, 502, 503},
     ("GET", "/healthz"): set(),
     ("GET", "/readyz"): {503},
 }
@@ -47,11 +50,14 @@ ERRORS: dict[tuple[str, str], set[int]] = {
 # empty), and the readiness report.
 OTHER_BODIES = {
     ("GET", "/auth/callback", 400): "text/html",
+    ("GET", "/auth/login", 429): "text/html",
+    ("GET", "/auth/callback", 429): "text/html",
     ("GET", REDEEM, 406): "empty",
     ("GET", "/readyz", 503): "readiness",
 }
 BCL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 EVIL = {"Origin": "https://evil.test"}
+CSRF = "c" * 43
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,13 @@ class TestDocument:
                 headers = document["paths"][path][method.lower()]["responses"]["401"]["headers"]
                 assert headers["WWW-Authenticate"]["required"] is True
 
+    def test_429_declares_its_retry_after(self, document: dict[str, Any]) -> None:
+        limited = [op for op, statuses in ERRORS.items() if 429 in statuses]
+        assert len(limited) == 4
+        for method, path in limited:
+            headers = document["paths"][path][method.lower()]["responses"]["429"]["headers"]
+            assert headers["Retry-After"]["required"] is True, (method, path)
+
     def test_what_can_answer_401_says_how_to_authenticate(self, document: dict[str, Any]) -> None:
         secured = {
             (method.upper(), path)
@@ -137,8 +150,8 @@ async def _callback_idp_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Respo
 
 async def _logout_audit_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
     b.audit.fail = True
-    c.cookies.update(b.session())
-    return await c.get("/auth/logout")
+    c.cookies.update(b.session(csrf=CSRF))
+    return await c.post("/auth/logout", data={"csrf": CSRF})
 
 
 async def _backchannel_audit_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
@@ -193,6 +206,30 @@ async def _redeem_opa_down(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Respons
     return await c.get(path, headers=b.bearer())
 
 
+def _limited(request: Provoke, **limits: int) -> Provoke:
+    """``request`` sent once more than ``limits`` allow (a burst each, no refill to speak of)."""
+
+    async def provoke(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
+        settings = RateLimitSettings(**limits)
+        b.state.limits = RateLimits(settings, clock=lambda: 0.0)
+        await request(b, c)
+        return await request(b, c)
+
+    return provoke
+
+
+async def _issue(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
+    return await c.post("/api/links", headers=b.bearer(), json={"study_uid": READABLE})
+
+
+async def _redeem_past_the_limit(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
+    path = await _link(b, c)
+    b.state.limits = RateLimits(RateLimitSettings(redeem_burst=1), clock=lambda: 0.0)
+    first = await c.get(path, headers=b.bearer())
+    assert first.status_code == 200, first.text
+    return await c.get(path, headers=b.bearer())
+
+
 async def _unready(b: FakeBroker, c: httpx.AsyncClient) -> httpx.Response:
     b.readiness.ready = False
     return await c.get("/readyz")
@@ -228,9 +265,13 @@ def _get(path: str) -> Provoke:
 PROVOKE: dict[tuple[str, str, int], Provoke] = {
     ("GET", "/auth/login", 400): _get("/auth/login?idp=nowhere"),
     ("GET", "/auth/login", 503): _down("idp", _get("/auth/login")),
+    ("GET", "/auth/login", 429): _limited(_get("/auth/login"), login_burst=1),
+    ("GET", "/auth/callback", 429): _limited(_get("/auth/callback"), login_burst=1),
     ("GET", "/auth/callback", 400): _get("/auth/callback"),
     ("GET", "/auth/callback", 503): _callback_idp_down,
-    ("GET", "/auth/logout", 503): _logout_audit_down,
+    ("POST", "/auth/logout", 400): _post("/auth/logout", session=True, data={"csrf": "stale"}),
+    ("POST", "/auth/logout", 403): _post("/auth/logout", session=True, headers=EVIL, data={}),
+    ("POST", "/auth/logout", 503): _logout_audit_down,
     ("POST", "/auth/backchannel-logout", 400): _post("/auth/backchannel-logout", data={}),
     ("POST", "/auth/backchannel-logout", 503): _backchannel_audit_down,
     ("GET", "/api/me", 401): _get("/api/me"),
@@ -252,6 +293,7 @@ PROVOKE: dict[tuple[str, str, int], Provoke] = {
     ("POST", "/api/links", 404): _post("/api/links", headers="bearer", json={"study_uid": "1.2"}),
     ("POST", "/api/links", 502): _post("/api/links", headers="bearer", json={"study_uid": BROKEN}),
     ("POST", "/api/links", 503): _links_opa_down,
+    ("POST", "/api/links", 429): _limited(_issue, issue_burst=1),
     ("POST", REVOKE, 401): _post("/api/links/l-1/revoke"),
     ("POST", REVOKE, 403): _post("/api/links/l-1/revoke", session=True, headers=EVIL),
     ("POST", REVOKE, 404): _post(f"/api/links/{'x' * 65}/revoke", headers="bearer"),
@@ -263,6 +305,7 @@ PROVOKE: dict[tuple[str, str, int], Provoke] = {
     ("GET", REDEEM, 410): _redeem_revoked,
     ("GET", REDEEM, 502): _redeem_pacs_down,
     ("GET", REDEEM, 503): _redeem_opa_down,
+    ("GET", REDEEM, 429): _redeem_past_the_limit,
     ("GET", "/readyz", 503): _unready,
 }
 
@@ -289,6 +332,8 @@ class TestEveryDeclaredErrorHappens:
             ErrorBody.model_validate_json(response.content)
         if status == 401:
             assert response.headers["www-authenticate"].startswith("Bearer error=")
+        if status == 429:
+            assert int(response.headers["retry-after"]) >= 1, response.headers
 
     def test_every_declared_error_has_a_way_to_happen(self) -> None:
         wanted = {(m, p, s) for (m, p), statuses in ERRORS.items() for s in statuses}

@@ -8,6 +8,7 @@ and closes the connection, without a word, on the second.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -120,3 +121,61 @@ def test_a_server_that_is_really_gone_still_fails() -> None:
         pytest.raises(httpx.ConnectError),
     ):
         http.get("/a")
+
+
+class _TlsAlert(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Raises what httpcore lets through when a TLS 1.3 server refuses the client afterwards."""
+
+    def __init__(self, *, in_body: bool = False) -> None:
+        self.in_body = in_body
+        self.calls = 0
+
+    def _alert(self) -> ssl.SSLError:
+        self.calls += 1
+        return ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert")
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.in_body:
+            raise self._alert()
+        alert = self._alert()
+
+        def body() -> Iterator[bytes]:
+            yield b"part"
+            raise alert
+
+        return httpx.Response(200, stream=_Gen(body()))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise self._alert()
+
+
+class _Gen(httpx.SyncByteStream):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._chunks
+
+
+def test_a_tls_alert_is_an_httpx_read_error_and_resent_once() -> None:
+    inner = _TlsAlert()
+    with (
+        httpx.Client(transport=RetryStaleTransport(inner)) as client,
+        pytest.raises(httpx.ReadError, match="CERTIFICATE_REQUIRED"),
+    ):
+        client.get("https://pacs.test/system")
+    assert inner.calls == 2
+
+
+def test_a_tls_alert_in_the_body_is_an_httpx_read_error() -> None:
+    with (
+        httpx.Client(transport=RetryStaleTransport(_TlsAlert(in_body=True))) as client,
+        pytest.raises(httpx.ReadError, match="CERTIFICATE_REQUIRED"),
+    ):
+        client.get("https://pacs.test/system").read()
+
+
+async def test_async_tls_alert_is_an_httpx_read_error() -> None:
+    async with httpx.AsyncClient(transport=RetryStaleAsyncTransport(_TlsAlert())) as client:
+        with pytest.raises(httpx.ReadError, match="CERTIFICATE_REQUIRED"):
+            await client.get("https://pacs.test/system")

@@ -178,6 +178,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $ctx := .ctx -}}
 {{- $kafka := include "telerad.kafkaAuth" (list $ctx "kafkaConsumers") | fromJson -}}
 {{- $env := concat (.env | default list) $kafka.env -}}
+{{- $health := $ctx.Values.audit.health -}}
+{{- if .probes -}}
+{{- /* the kubelet probes the pod IP: the health listener binds every interface */ -}}
+{{- $env = concat $env (list (dict "name" "TELERAD_STREAMS__HEALTH_HOST" "value" "0.0.0.0") (dict "name" "TELERAD_STREAMS__HEALTH_PORT" "value" (toString $health.port))) -}}
+{{- end -}}
 {{- $mounts := concat (.mounts | default list) $kafka.mounts -}}
 {{- $volumes := concat (.volumes | default list) $kafka.volumes -}}
 {{- $cfg := index $ctx.Values.audit .name -}}
@@ -227,6 +232,34 @@ spec:
       imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
       args:
         {{- toYaml .args | nindent 8 }}
+      {{- if .probes }}
+      # /healthz: the consumer loop turns; /readyz: Kafka answers, partitions are assigned, the
+      # last batch did not fail (its body reports the lag). streams/health.py.
+      ports:
+        - name: health
+          containerPort: {{ $health.port }}
+          protocol: TCP
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: health
+        periodSeconds: 5
+        failureThreshold: 24
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: health
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 3
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: health
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 3
+      {{- end }}
       envFrom:
         - configMapRef:
             name: {{ include "telerad.envConfigMap" $ctx }}
@@ -278,6 +311,33 @@ spec:
 {{- end -}}
 {{- $_ := set $out "mounts" (append $out.mounts (dict "name" "kafka-user" "mountPath" $dir "readOnly" true)) -}}
 {{- $_ := set $out "volumes" (append $out.volumes (dict "name" "kafka-user" "secret" (dict "secretName" $user.existingSecret "defaultMode" 288 "items" $items))) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* TLS files from one existing Secret (secrets.pacsTls, secrets.syslogTls): env, mounts and
+     volumes as JSON {"env": [...], "mounts": [...], "volumes": [...]}. Call with
+     (list ref "TELERAD_PACS__TLS" "pacs-tls"): the Secret reference, the settings' prefix and
+     the volume's name (mounted at /var/run/secrets/telerad-<name>). Nothing without a Secret. */}}
+{{- define "telerad.tlsFiles" -}}
+{{- $ref := index . 0 -}}
+{{- $prefix := index . 1 -}}
+{{- $name := index . 2 -}}
+{{- $dir := printf "/var/run/secrets/telerad-%s" $name -}}
+{{- $out := dict "env" (list) "mounts" (list) "volumes" (list) -}}
+{{- if $ref.existingSecret -}}
+{{- $items := list -}}
+{{- if $ref.caKey -}}
+{{- $items = append $items (dict "key" $ref.caKey "path" "ca.crt") -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" (printf "%s__CA_FILE" $prefix) "value" (printf "%s/ca.crt" $dir))) -}}
+{{- end -}}
+{{- if $ref.certKey -}}
+{{- $items = concat $items (list (dict "key" $ref.certKey "path" "tls.crt") (dict "key" $ref.keyKey "path" "tls.key")) -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" (printf "%s__CERT_FILE" $prefix) "value" (printf "%s/tls.crt" $dir))) -}}
+{{- $_ := set $out "env" (append $out.env (dict "name" (printf "%s__KEY_FILE" $prefix) "value" (printf "%s/tls.key" $dir))) -}}
+{{- end -}}
+{{- $_ := set $out "mounts" (append $out.mounts (dict "name" $name "mountPath" $dir "readOnly" true)) -}}
+{{- $_ := set $out "volumes" (append $out.volumes (dict "name" $name "secret" (dict "secretName" $ref.existingSecret "defaultMode" 288 "items" $items))) -}}
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}

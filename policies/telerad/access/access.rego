@@ -61,7 +61,11 @@ _deny_reasons contains _reason("default_deny", "no grant applies to this request
 #   granted operations, alert, break_glass, bearer_only_redeem and
 #   redeem_window_seconds (for how long an allowed redeem may be reused by the
 #   same holder of the same link; the broker caps it at 60 s and at the link's
-#   expiry; 0 for every other action). When denied,
+#   expiry; 0 for every other action), unfingerprinted ("serve" or "refuse":
+#   what the proxy does with an instance or frame the integrity watcher never
+#   fingerprinted; "refuse" unless the settings say "serve"), and rate_limit
+#   {burst, per_minute} only when the data lowers this subject's rate limit for
+#   the action. When denied,
 #   everything is zero/false/empty; step_up {acr, max_age} is added only when
 #   step-up authentication is the only thing standing between the caller and an allow.
 # scope: document
@@ -74,14 +78,18 @@ default obligations := {
 	"redeem_window_seconds": 0,
 }
 
-obligations := {
-	"link_ttl_seconds": _link_ttl,
-	"operations": sort(_requested_ops),
-	"alert": _break_glass,
-	"break_glass": _break_glass,
-	"bearer_only_redeem": _bearer_only_redeem,
-	"redeem_window_seconds": _redeem_window,
-} if {
+obligations := object.union(
+	{
+		"link_ttl_seconds": _link_ttl,
+		"operations": sort(_requested_ops),
+		"alert": _break_glass,
+		"break_glass": _break_glass,
+		"bearer_only_redeem": _bearer_only_redeem,
+		"redeem_window_seconds": _redeem_window,
+		"unfingerprinted": _unfingerprinted,
+	},
+	_rate_limit_obligation,
+) if {
 	allow
 }
 

@@ -26,6 +26,7 @@ test_break_glass_overrides_missing_assignment if {
 			"break_glass": true,
 			"bearer_only_redeem": false,
 			"redeem_window_seconds": 0,
+			"unfingerprinted": "refuse",
 		},
 	}
 }
@@ -56,6 +57,7 @@ test_break_glass_overrides_explicit_assignment_for_sensitive_study if {
 			"break_glass": true,
 			"bearer_only_redeem": false,
 			"redeem_window_seconds": 0,
+			"unfingerprinted": "refuse",
 		},
 	}
 }

@@ -197,6 +197,7 @@ granted(ttl, operations, bearer) := {
 	"break_glass": false,
 	"bearer_only_redeem": bearer,
 	"redeem_window_seconds": 0,
+	"unfingerprinted": "refuse",
 }
 
 # obligations of an allowed redeem (the decision window of the data's settings)
@@ -207,4 +208,5 @@ redeemed(ttl, operations, window) := {
 	"break_glass": false,
 	"bearer_only_redeem": false,
 	"redeem_window_seconds": window,
+	"unfingerprinted": "refuse",
 }

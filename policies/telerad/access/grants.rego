@@ -128,3 +128,32 @@ _redeem_window := seconds if {
 	is_number(seconds)
 	seconds >= 0
 }
+
+# rate_limit: a lower per-person rate limit for this action, for the subject's
+# roles (data.telerad.settings.rate_limits[role][action] = {"burst", "per_minute"};
+# with several roles, the lowest of each field). The broker only ever lowers its
+# own limits with it; absent unless the data names one.
+_rate_limits contains limit if {
+	some role in _roles
+	limits := object.get(data.telerad.settings, "rate_limits", {})
+	limit := limits[role][_input.action]
+	is_object(limit)
+}
+
+_rate_limit[field] := min(values) if {
+	some field in {"burst", "per_minute"}
+	values := [value | some limit in _rate_limits; value := limit[field]; is_number(value); value >= 0]
+	count(values) > 0
+}
+
+default _rate_limit_obligation := {}
+
+_rate_limit_obligation := {"rate_limit": _rate_limit} if count(_rate_limit) > 0
+
+# unfingerprinted: what the proxy does with an instance or frame that has no
+# fingerprint (never recorded by the integrity watcher): "serve" it unchecked
+# or "refuse" it. data.telerad.settings.unfingerprinted; anything but "serve"
+# (missing included) is "refuse".
+default _unfingerprinted := "refuse"
+
+_unfingerprinted := "serve" if object.get(data.telerad.settings, "unfingerprinted", "refuse") == "serve"

@@ -289,3 +289,23 @@ test_unknown_radiologist_denies if {
 		with data.telerad.settings as settings
 	d == denied([reason("unknown_radiologist", "npi:1999999999 is not a known radiologist")])
 }
+
+test_unfingerprinted_served_when_the_settings_say_serve if {
+	req := json.patch(radiologist_input, [put("/action", "redeem")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as object.union(settings, {"unfingerprinted": "serve"})
+	d.obligations == object.union(redeemed(600, ["view"], 30), {"unfingerprinted": "serve"})
+}
+
+test_unfingerprinted_refused_for_anything_but_serve if {
+	req := json.patch(radiologist_input, [put("/action", "redeem")])
+	d := access.decision with input as req
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as object.union(settings, {"unfingerprinted": "SERVE"})
+	d.obligations.unfingerprinted == "refuse"
+}

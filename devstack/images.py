@@ -5,13 +5,19 @@
   ``<cache>/images/``, loaded with ``docker import``, then given this machine's extra CA
   certificates (``/usr/local/share/ca-certificates``: builds go out through the same egress as
   the host). The broker's ``Dockerfile`` builds ``FROM`` it with ``--build-arg BASE=...``.
-* The **stack's parts** (``broker/stack/resources/images/*.Dockerfile``), each ``FROM`` the base:
+* The **stack's parts** (``devstack/resources/images/*.Dockerfile``), each ``FROM`` the base:
   Kafka (Debian's JRE 17, the jars resolved from Maven Central), OPA (the binary built from the
   Go module proxy), Keycloak (its Maven Central distribution, and the JDK >= 21 the process
   backend runs it on, since bookworm has none), Orthanc (Debian's ``orthanc`` and
   ``orthanc-dicomweb``).
 
 Images are tagged by a digest of what went into them, so a build is skipped when its tag exists.
+
+**Which images** (``TELERAD_STACK_IMAGES``): ``public`` pulls the projects' own images
+(:data:`PUBLIC_IMAGES`, the versions the process backend runs) and builds here only a part whose
+pull fails; ``local`` builds every part here. The default is ``public``, except with
+``TELERAD_STACK_REQUIRE_ENGINE=1`` (CI: no registry), where it is ``local``.
+``TELERAD_STACK_IMAGE_<PART>`` still names one image for one part, whatever the choice.
 """
 
 from __future__ import annotations
@@ -26,15 +32,49 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from broker.stack import provision
-from broker.stack._procs import progress
+from devstack import provision
+from devstack._procs import progress
 
 __all__ = [
     "BASE_PACKAGES",
+    "PUBLIC_IMAGES",
     "ImageBuildError",
     "Images",
     "base_rootfs",
+    "image_source",
+    "is_public",
 ]
+
+# The projects' own images, at the versions the cache holds for the process backend. OPA's
+# image has no shell and its binary at /opa; Orthanc's keeps its plugins elsewhere than Debian:
+# the container backend asks :func:`is_public` and adapts the command line.
+PUBLIC_IMAGES = {
+    "kafka": f"apache/kafka:{provision.KAFKA_VERSION}",
+    "opa": f"openpolicyagent/opa:{provision.OPA_VERSION.removeprefix('v')}",
+    "keycloak": f"quay.io/keycloak/keycloak:{provision.KEYCLOAK_VERSION}",
+    "orthanc": "orthancteam/orthanc:24.12.1",
+}
+# where those images keep what the commands name (ours: on PATH, Debian's paths)
+PUBLIC_OPA = "/opa"
+PUBLIC_ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins-available/libOrthancDicomWeb.so"
+
+
+def image_source(environ: Mapping[str, str] | None = None) -> str:
+    """``public`` or ``local``: ``TELERAD_STACK_IMAGES``, else local only where CI says
+    there is no registry (``TELERAD_STACK_REQUIRE_ENGINE=1``)."""
+    env = os.environ if environ is None else environ
+    chosen = env.get("TELERAD_STACK_IMAGES", "").strip().lower()
+    if chosen in ("public", "local"):
+        return chosen
+    if chosen:
+        raise ValueError(f"TELERAD_STACK_IMAGES={chosen!r}: say public or local")
+    return "local" if env.get("TELERAD_STACK_REQUIRE_ENGINE") == "1" else "public"
+
+
+def is_public(image: str) -> bool:
+    """Whether ``image`` is one of :data:`PUBLIC_IMAGES` (whose layout differs from ours)."""
+    return image in PUBLIC_IMAGES.values()
+
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -137,6 +177,20 @@ class Images:
             return False
         return True
 
+    def _pull(self, image: str) -> bool:
+        """Pull ``image`` (or find it here); False, saying why, when no registry gives it."""
+        import docker.errors
+
+        if self._exists(image):
+            return True
+        progress(f"docker pull {image}")
+        try:
+            self.client.images.pull(image)
+        except docker.errors.DockerException as exc:
+            progress(f"cannot pull {image} ({type(exc).__name__}): building the part here")
+            return False
+        return True
+
     def base(self) -> str:
         """The local base image (debootstrap rootfs + this machine's extra CA certificates)."""
         rootfs = base_rootfs()
@@ -157,6 +211,10 @@ class Images:
         override = os.environ.get(f"TELERAD_STACK_IMAGE_{name.upper()}")
         if override:
             return override
+        public = PUBLIC_IMAGES.get(name)
+        if public is not None and image_source() == "public":
+            if self._pull(public):
+                return public
         base = self.base()
         files: dict[str, Path] = {}
         if name == "kafka":

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from broker.stack._procs import progress
-from broker.stack.services import Service
+from devstack._procs import progress
+from devstack.services import Service, orthanc_client
 
 __all__ = [
     "SampleStudy",
@@ -94,8 +92,7 @@ def build_instances(study: SampleStudy) -> list[bytes]:
 def load_samples(orthanc: Service) -> list[SampleStudy]:
     """Store every sample study in Orthanc through its REST API (idempotent)."""
     studies = sample_studies()
-    auth = (str(orthanc.extra["user"]), str(orthanc.extra["password"]))
-    with httpx.Client(base_url=orthanc.endpoints["url"], auth=auth, timeout=30) as client:
+    with orthanc_client(orthanc, timeout=30) as client:
         for study in studies:
             for blob in build_instances(study):
                 response = client.post("/instances", content=blob)
@@ -126,8 +123,8 @@ def sample_worklist() -> list[Any]:
 def publish_sample_worklist(kafka: Service, topic: str = "telerad.worklist.v1") -> int:
     """Publish :func:`sample_worklist` to ``topic`` as the RIS's principal (idempotent: the
     topic is compacted by study, so a second run leaves the same state)."""
-    from broker.stack.kafka_cluster import RIS, security_kwargs
     from broker.worklist.publish import publish
+    from devstack.kafka_cluster import RIS, security_kwargs
 
     written = publish(
         sample_worklist(),

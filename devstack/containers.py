@@ -1,8 +1,9 @@
 """The stack's parts as containers (testcontainers) on a Docker engine, with host networking.
 
 Selected by ``TELERAD_STACK_BACKEND=testcontainers`` (a private engine is started when none is
-reachable, see :mod:`broker.stack.engine`), or by ``auto`` (the default) when an engine already
-answers. The images are built here (:mod:`broker.stack.images`): no registry is needed.
+reachable, see :mod:`devstack.engine`), or by ``auto`` (the default) when an engine already
+answers. The images are the projects' public ones where they can be pulled, else built here
+(:mod:`devstack.images`, ``TELERAD_STACK_IMAGES``): no registry is needed.
 ``TELERAD_STACK_IMAGE_<PART>`` (``KAFKA``, ``OPA``, ``KEYCLOAK``, ``ORTHANC``) names another
 image instead, which must have the same layout (``/opt/kafka/libs`` and ``java``; ``opa``;
 ``/opt/keycloak``; ``Orthanc`` with the DICOMweb plugin on Debian's path).
@@ -19,18 +20,19 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.stack import services
-from broker.stack._procs import ServiceStartError, free_port, log_tail, progress
-from broker.stack.engine import DockerEngine, engine_answers
-from broker.stack.images import Images
-from broker.stack.kafka_cluster import kafka_jvm
-from broker.stack.services import Service
+from devstack import provision, services
+from devstack._procs import ServiceStartError, free_port, log_tail, progress
+from devstack.engine import DockerEngine, engine_answers
+from devstack.images import PUBLIC_OPA, PUBLIC_ORTHANC_DICOMWEB, Images, is_public
+from devstack.kafka_cluster import kafka_jvm
+from devstack.services import Service
 
 __all__ = ["ContainerBackend", "docker_engine_reachable", "selected"]
 
@@ -193,7 +195,7 @@ class ContainerBackend:
         return service
 
     def _opa(self, root: Path) -> Service:
-        from broker.stack.stack import _revision
+        from devstack.stack import _revision
 
         home = self.run_dir / "opa"
         policy_paths = [root / "policies" / "telerad", root / "policies" / "data"]
@@ -204,7 +206,6 @@ class ContainerBackend:
         url = f"http://127.0.0.1:{port}"
         build = ["opa", "build", "--bundle", "bundle-src", "-o", "policy-bundle.tar.gz"]
         serve = [
-            "opa",
             "run",
             "--server",
             f"--addr=127.0.0.1:{port}",
@@ -214,12 +215,14 @@ class ContainerBackend:
             "--bundle",
             "policy-bundle.tar.gz",
         ]
-        container = self._run(
-            "opa",
-            ["sh", "-c", f"{shlex.join(build)} && exec {shlex.join(serve)}"],
-            mounts={home: "rw"},
-            workdir=home,
-        )
+        if is_public(self.image("opa")):
+            # OPA's own image has no shell: the bundle is built here, with the cache's opa
+            build[0] = str(provision.go_tool("opa"))
+            subprocess.run(build, cwd=home, check=True, capture_output=True)
+            command = [PUBLIC_OPA, *serve]
+        else:
+            command = ["sh", "-c", f"{shlex.join(build)} && exec opa {shlex.join(serve)}"]
+        container = self._run("opa", command, mounts={home: "rw"}, workdir=home)
         log = self._wait("opa", container, lambda: services.http_ok(f"{url}/health"), timeout=60)
         return self._wrap("opa", container, {"url": url}, log)
 
@@ -253,25 +256,31 @@ class ContainerBackend:
         return self._wrap("keycloak", container, services.keycloak_endpoints(url), log)
 
     def _orthanc(self) -> Service:
+        # the same configuration and TLS files as the process backend's (the home is mounted at
+        # the same path, so the certificate paths in orthanc.json hold inside the container)
         home = self.run_dir / "orthanc"
-        shutil.rmtree(home, ignore_errors=True)
-        (home / "db").mkdir(parents=True)
         port = free_port()
-        config = home / "orthanc.json"
-        config.write_text(json.dumps(services.orthanc_config(home, port), indent=2))
-        url = f"http://127.0.0.1:{port}"
-        auth = (services.ORTHANC_USER, services.ORTHANC_PASSWORD)
+        tls = services.orthanc_tls_mode()
+        prepared = services.prepare_orthanc_home(home, port, tls)
+        if is_public(self.image("orthanc")):
+            settings = json.loads(prepared.config.read_text())
+            settings["Plugins"] = [PUBLIC_ORTHANC_DICOMWEB]  # not Debian's path there
+            prepared.config.write_text(json.dumps(settings, indent=2))
         container = self._run(
-            "orthanc", ["Orthanc", "--logfile=/dev/stdout", str(config)], mounts={home: "rw"}
+            "orthanc",
+            ["Orthanc", "--logfile=/dev/stdout", str(prepared.config)],
+            mounts={home: "rw"},
+            env=prepared.env,
         )
-        log = self._wait(
-            "orthanc", container, lambda: services.http_ok(f"{url}/system", auth=auth), timeout=90
-        )
-        endpoints = {"url": url, "dicomweb": f"{url}/dicom-web"}
+        endpoints = services.orthanc_endpoints(port, tls)
+        probe = services.Service("orthanc", endpoints, Path("/dev/null"), extra=prepared.extra)
+        probe.extra.update(user=services.ORTHANC_USER, password=services.ORTHANC_PASSWORD)
+        log = self._wait("orthanc", container, lambda: services.orthanc_answers(probe), timeout=90)
         service = self._wrap("orthanc", container, endpoints, log)
         service.extra.update(
             user=services.ORTHANC_USER,
             password=services.ORTHANC_PASSWORD,
             storage=str(home / "db"),  # mounted at the same path: the integrity drill edits it
+            **prepared.extra,
         )
         return service

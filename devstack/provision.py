@@ -5,11 +5,12 @@ a missing cache only costs time. Each step prints progress, because a cold machi
 here: Go builds (OPA, Regal, Helm) from the Go module proxy, Kafka and Keycloak from Maven
 Central, the OHIF viewer's prebuilt ``dist/`` from npm, Orthanc, Chromium, ``dockerd`` and
 ``debootstrap`` from Debian (the container images' root filesystem is made later, on first use,
-by :mod:`broker.stack.images`).
+by :mod:`devstack.images`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ from broker.pages.ohif_package import (
     integrity_of,
     unpack_dist,
 )
-from broker.stack._procs import progress
+from devstack._procs import progress
 
 __all__ = [
     "HELM_VERSION",
@@ -46,6 +47,7 @@ __all__ = [
     "keycloak_home",
     "ohif_dist",
     "orthanc_binary",
+    "orthanc_openssl3_shim",
 ]
 
 # Pinned versions (bump deliberately; each one is a cache key).
@@ -228,6 +230,35 @@ def orthanc_binary() -> Path:
     return Path(found)
 
 
+_OPENSSL_3 = ("-l:libssl.so.3", "-l:libcrypto.so.3")
+
+
+def orthanc_openssl3_shim() -> Path:
+    """A ``libssl.so`` that lets Debian's civetweb (Orthanc's HTTP server) serve HTTPS on
+    OpenSSL 3; built once into the cache with the system's C compiler (see the C file's note)."""
+    source = Path(__file__).parent / "resources" / "orthanc" / "civetweb-openssl3.c"
+    target = cache_dir() / "orthanc-openssl3-shim" / "libssl.so"
+    stamp = target.with_suffix(".sha256")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    if target.exists() and stamp.exists() and stamp.read_text() == digest:
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise ProvisionError(
+            "Orthanc over HTTPS needs a C compiler for its OpenSSL 3 shim (apt-get install gcc); "
+            "or run the stack's Orthanc over plain HTTP with TELERAD_STACK_ORTHANC_PLAINTEXT=1"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    _run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(partial), str(source), *_OPENSSL_3],
+        what="building the OpenSSL 3 shim for Orthanc's HTTPS",
+    )
+    partial.replace(target)
+    stamp.write_text(digest)
+    return target
+
+
 def _apt_install(packages: Sequence[str], *, what: str) -> None:
     """Install Debian packages with apt-get, as root or through password-less sudo."""
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
@@ -255,7 +286,7 @@ def container_tools() -> None:
     """Debian's ``dockerd`` (package ``docker.io``) and ``debootstrap``, installed if missing.
 
     The container tests start a private engine with them where none answers and build every
-    image from a debootstrap root filesystem (:mod:`broker.stack.engine`, :mod:`~.images`).
+    image from a debootstrap root filesystem (:mod:`devstack.engine`, :mod:`~.images`).
     """
     missing = [
         package
@@ -350,6 +381,7 @@ def ensure_all(*, tools: Sequence[str] = ("opa",)) -> None:
     kafka_classpath()
     keycloak_home()
     orthanc_binary()
+    orthanc_openssl3_shim()
     ohif_dist()
     chromium_binary()
     container_tools()

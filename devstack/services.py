@@ -1,7 +1,7 @@
 """The dev/test stack's services as local processes: Kafka (in :mod:`.kafka_cluster`), OPA,
 Keycloak, Orthanc.
 
-Each ``start_*`` function provisions what it needs (see :mod:`broker.stack.provision`), starts the
+Each ``start_*`` function provisions what it needs (see :mod:`devstack.provision`), starts the
 service on free loopback ports with its log under the run directory, waits until it answers, and
 returns a :class:`Service` that knows its endpoints and how to stop.
 """
@@ -9,21 +9,33 @@ returns a :class:`Service` that knows its endpoints and how to stop.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import httpx
 
-from broker.stack import provision
-from broker.stack._procs import ManagedProcess, ServiceStartError, free_port, progress
-from broker.stack.kafka_cluster import new_cluster_id, start_kafka
+from broker.config import ClientTlsSettings
+from broker.tls import client_ssl_context
+from devstack import provision
+from devstack._procs import ManagedProcess, ServiceStartError, free_port, progress
+from devstack.kafka_cluster import new_cluster_id, start_kafka
+from devstack.pki import DevCa
 
 __all__ = [
     "ORTHANC_PASSWORD",
     "ORTHANC_USER",
+    "OrthancHome",
+    "OrthancTls",
     "Service",
+    "orthanc_broker_env",
+    "orthanc_client",
+    "orthanc_ssl_context",
+    "orthanc_tls_settings",
     "start_kafka",
     "start_keycloak",
     "start_opa",
@@ -66,7 +78,7 @@ def _resource(name: str) -> Path:
 
 
 # ------------------------------------------------- Kafka (the container backend's PLAINTEXT node)
-# The process backend's secured Kafka is broker.stack.kafka_cluster's; the container backend
+# The process backend's secured Kafka is devstack.kafka_cluster's; the container backend
 # runs one PLAINTEXT node from these.
 def prepare_kafka_home(home: Path) -> str:
     """A fresh ``home`` (config on new loopback ports, log config, empty data); the cluster id."""
@@ -206,36 +218,171 @@ def start_opa(
 
 
 # ------------------------------------------------------------------------------------ Orthanc
-def start_orthanc(run_dir: Path, *, timeout: float = 60.0) -> Service:
-    """Orthanc with the DICOMweb plugin, HTTP on loopback with basic auth; DICOM port closed."""
-    binary = provision.orthanc_binary()
-    home = run_dir / "orthanc"
+OrthancTls = Literal["plaintext", "https", "mutual"]
+
+
+def orthanc_tls_mode() -> OrthancTls:
+    """The stack's Orthanc: HTTPS by default; ``TELERAD_STACK_ORTHANC_MTLS=1`` also requires
+    client certificates; ``TELERAD_STACK_ORTHANC_PLAINTEXT=1`` keeps plain HTTP (the smallest
+    local runs, like PLAINTEXT Kafka; the broker refuses it in production)."""
+    if os.environ.get("TELERAD_STACK_ORTHANC_PLAINTEXT", "").lower() in ("1", "true", "yes"):
+        return "plaintext"
+    if os.environ.get("TELERAD_STACK_ORTHANC_MTLS", "").lower() in ("1", "true", "yes"):
+        return "mutual"
+    return "https"
+
+
+@dataclass(frozen=True)
+class OrthancHome:
+    """A prepared Orthanc home: its config file, what the :class:`Service` carries about its
+    TLS (``tls``, ``ca_file``, ``client_cert``, ``client_key``) and the process's environment."""
+
+    config: Path
+    extra: dict[str, object]
+    env: dict[str, str]
+
+
+def prepare_orthanc_home(home: Path, port: int, tls: OrthancTls) -> OrthancHome:
+    """A fresh ``home``: storage, the configuration and, with TLS, a throw-away CA, the server's
+    certificate (``localhost``/``127.0.0.1``), one client certificate and the OpenSSL 3 shim
+    Debian's civetweb needs to serve HTTPS (:func:`provision.orthanc_openssl3_shim`)."""
     shutil.rmtree(home, ignore_errors=True)
     (home / "db").mkdir(parents=True)
-    port = free_port()
+    extra: dict[str, object] = {"tls": tls}
+    env: dict[str, str] = {}
     config = orthanc_config(home, port)
+    if tls != "plaintext":
+        directory = home / "tls"
+        directory.mkdir()
+        (home / "lib").mkdir()
+        shutil.copy(provision.orthanc_openssl3_shim(), home / "lib" / "libssl.so")
+        env["LD_LIBRARY_PATH"] = str(home / "lib")  # inside the home: containers mount it too
+        ca = DevCa("telerad dev-stack Orthanc CA (throw-away)")
+        server = ca.issue("telerad-orthanc", server=True)
+        server_pem = directory / "server.pem"  # Orthanc wants the key and the certificate in one
+        server_pem.write_bytes(server.key_pem() + server.cert_pem())
+        server_pem.chmod(0o600)
+        cert, key = ca.issue("telerad-broker", server=False).write(
+            directory / "client.crt.pem", directory / "client.key.pem"
+        )
+        extra |= {
+            "ca_file": str(ca.write(directory / "ca.pem")),
+            "client_cert": str(cert),
+            "client_key": str(key),
+        }
+        config |= {"SslEnabled": True, "SslCertificate": str(server_pem)}
+        if tls == "mutual":  # a client certificate signed by the CA, or the handshake fails
+            config |= {
+                "SslVerifyPeers": True,
+                "SslTrustedClientCertificates": str(extra["ca_file"]),
+            }
     config_path = home / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
+    return OrthancHome(config_path, extra, env)
+
+
+def orthanc_endpoints(port: int, tls: OrthancTls) -> dict[str, str]:
+    """The REST root (``url``) and the DICOMweb root of an Orthanc on loopback ``port``."""
+    url = f"{'http' if tls == 'plaintext' else 'https'}://127.0.0.1:{port}"
+    return {"url": url, "dicomweb": f"{url}/dicom-web"}
+
+
+def orthanc_ssl_context(orthanc: Service, *, client_cert: bool = True) -> ssl.SSLContext | None:
+    """How a direct client verifies the stack's Orthanc (its CA; its client certificate when
+    it asks for one, unless ``client_cert=False``); None for a plain-HTTP one."""
+    if orthanc.extra.get("tls", "plaintext") == "plaintext":
+        return None
+    return client_ssl_context(orthanc_tls_settings(orthanc, client_cert=client_cert))
+
+
+def orthanc_tls_settings(orthanc: Service, *, client_cert: bool = True) -> ClientTlsSettings:
+    """The broker's ``pacs.tls`` for this Orthanc (no CA file: the system's trust store)."""
+
+    def path(key: str) -> Path | None:
+        value = orthanc.extra.get(key)
+        return Path(str(value)) if value else None
+
+    mutual = client_cert and orthanc.extra.get("tls") == "mutual"
+    return ClientTlsSettings(
+        ca_file=path("ca_file"),
+        cert_file=path("client_cert") if mutual else None,
+        key_file=path("client_key") if mutual else None,
+    )
+
+
+def orthanc_broker_env(orthanc: Service, *, client_cert: bool = True) -> dict[str, str]:
+    """``TELERAD_PACS__*`` for a broker that reads this Orthanc: URL, credentials, its CA and,
+    when it requires one (and ``client_cert``), the client certificate."""
+    env = {
+        "TELERAD_PACS__URL": orthanc.endpoints["dicomweb"],
+        "TELERAD_PACS__USERNAME": str(orthanc.extra["user"]),
+        "TELERAD_PACS__PASSWORD": str(orthanc.extra["password"]),
+    }
+    tls = orthanc_tls_settings(orthanc, client_cert=client_cert)
+    for name, value in (
+        ("CA_FILE", tls.ca_file),
+        ("CERT_FILE", tls.cert_file),
+        ("KEY_FILE", tls.key_file),
+    ):
+        if value is not None:
+            env[f"TELERAD_PACS__TLS__{name}"] = str(value)
+    return env
+
+
+def orthanc_client(orthanc: Service, **options: Any) -> httpx.Client:
+    """An httpx client on the Orthanc's REST root, authenticated and verifying its TLS."""
+    auth = (str(orthanc.extra["user"]), str(orthanc.extra["password"]))
+    verify = orthanc_ssl_context(orthanc)
+    return httpx.Client(
+        base_url=orthanc.endpoints["url"],
+        auth=auth,
+        verify=verify if verify is not None else True,
+        **options,
+    )
+
+
+def start_orthanc(
+    run_dir: Path, *, timeout: float = 60.0, tls: OrthancTls | None = None
+) -> Service:
+    """Orthanc with the DICOMweb plugin on loopback with basic auth, DICOM port closed; HTTPS
+    (``tls="https"``, the default from :func:`orthanc_tls_mode`), mutual TLS (``"mutual"``) or
+    plain HTTP (``"plaintext"``)."""
+    tls = tls or orthanc_tls_mode()
+    binary = provision.orthanc_binary()
+    home = run_dir / "orthanc"
+    port = free_port()
+    prepared = prepare_orthanc_home(home, port, tls)
     log_path = run_dir / "logs" / "orthanc.log"
-    progress(f"orthanc: starting on 127.0.0.1:{port}")
+    progress(f"orthanc: starting on 127.0.0.1:{port} ({tls})")
     proc = ManagedProcess(
-        "orthanc", [str(binary), "--logfile=/dev/stdout", str(config_path)], log_path=log_path
+        "orthanc",
+        [str(binary), "--logfile=/dev/stdout", str(prepared.config)],
+        log_path=log_path,
+        env=prepared.env,
     )
     proc.start()
-    url = f"http://127.0.0.1:{port}"
-    auth = (ORTHANC_USER, ORTHANC_PASSWORD)
-    proc.wait_ready(lambda: http_ok(f"{url}/system", auth=auth), timeout=timeout)
-    return Service(
+    endpoints = orthanc_endpoints(port, tls)
+    service = Service(
         "orthanc",
-        {"url": url, "dicomweb": f"{url}/dicom-web"},
+        endpoints,
         log_path,
         proc,
-        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD, "storage": str(home / "db")},
+        extra={"user": ORTHANC_USER, "password": ORTHANC_PASSWORD, "storage": str(home / "db")}
+        | prepared.extra,
     )
+    proc.wait_ready(lambda: orthanc_answers(service), timeout=timeout)
+    return service
+
+
+def orthanc_answers(orthanc: Service) -> bool:
+    """Whether the Orthanc answers ``/system`` with 200 (its TLS verified)."""
+    with orthanc_client(orthanc, timeout=2.0) as client:
+        return client.get("/system").status_code == 200
 
 
 def orthanc_config(home: Path, port: int) -> dict[str, object]:
-    """Orthanc's configuration: storage under ``home``, HTTP on loopback ``port``, basic auth."""
+    """Orthanc's configuration: storage under ``home``, HTTP on loopback ``port``, basic auth
+    (TLS is added by :func:`prepare_orthanc_home`)."""
     return {
         "Name": "telerad-dev-pacs",
         "StorageDirectory": str(home / "db"),

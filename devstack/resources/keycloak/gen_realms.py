@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the DEV-ONLY Keycloak realm imports for the telerad-broker dev/test stack.
 
-    python3 broker/stack/resources/keycloak/gen_realms.py
+    python3 devstack/resources/keycloak/gen_realms.py
 
 writes hospital-a.json, hospital-b.json and northstar-reading.json next to this
 file. The JSON files are the artefacts Keycloak imports (kc.sh start-dev

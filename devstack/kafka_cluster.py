@@ -6,7 +6,7 @@ Secured, the node has three listeners:
 * ``INTERNAL`` (SSL, client certificate required): inter-broker traffic, and mutual-TLS clients;
 * ``CONTROLLER`` (SSL, client certificate required): the KRaft quorum.
 
-The CA and certificates are made at start (:mod:`broker.stack.kafka_tls`); the SCRAM users are
+The CA and certificates are made at start (:mod:`devstack.kafka_tls`); the SCRAM users are
 created when storage is formatted (``--add-scram``), with random passwords kept in the run
 directory; KRaft's ``StandardAuthorizer`` enforces the ACLs in :data:`DEV_ACLS` (nothing is
 allowed that is not granted). ``secure=False`` (``TELERAD_STACK_KAFKA_PLAINTEXT=1``) keeps the
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit.kafka_admin import AclGrant, admin_client, create_acls
-from broker.stack import provision
-from broker.stack._procs import ManagedProcess, free_port, progress
-from broker.stack.kafka_tls import NODE_CN, make_pki
+from devstack import provision
+from devstack._procs import ManagedProcess, free_port, progress
+from devstack.kafka_tls import NODE_CN, make_pki
 
 __all__ = [
     "ADMIN",
@@ -61,6 +61,9 @@ MTLS_CLIENT = "telerad-broker"  # CN of the mutual-TLS client certificate (User:
 _AUDIT = ("telerad.audit.", "audit-")
 _CONTROL = ("telerad.revocations.", "revocations-")
 _WORKLIST = ("telerad.worklist.", "worklist-")
+# instance fingerprints: the integrity watcher (the broker's principal here) writes, every
+# broker replica reads; the audit consumers may read them too
+_FINGERPRINTS = ("telerad.fingerprints.", "fingerprints-")
 _STREAM_OUT = (
     "telerad.audit.dlq.",
     "telerad.ledger.heads.",
@@ -80,7 +83,7 @@ def _grants() -> list[AclGrant]:
         grants += [AclGrant(principal, "topic", p, ("DESCRIBE_CONFIGS",)) for p in _AUDIT]
         grants += [
             AclGrant(principal, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE"))
-            for p in _CONTROL
+            for p in _CONTROL + _FINGERPRINTS
         ]
         grants += [AclGrant(principal, "topic", p, ("READ", "DESCRIBE")) for p in _WORKLIST]
     consumer = f"User:{CONSUMER}"
@@ -89,7 +92,10 @@ def _grants() -> list[AclGrant]:
     grants += [
         AclGrant(ris, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE")) for p in _WORKLIST
     ]
-    grants += [AclGrant(consumer, "topic", p, ("READ", "DESCRIBE")) for p in _AUDIT + _CONTROL]
+    grants += [
+        AclGrant(consumer, "topic", p, ("READ", "DESCRIBE"))
+        for p in _AUDIT + _CONTROL + _FINGERPRINTS
+    ]
     grants += [
         AclGrant(consumer, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE")) for p in _STREAM_OUT
     ]
@@ -152,7 +158,7 @@ def start_kafka(
     on new ports (with new certificates and passwords); otherwise the cluster in ``run_dir`` is
     started again with its data (a restart, as after an outage).
     """
-    from broker.stack.services import Service
+    from devstack.services import Service
 
     home = run_dir / "kafka"
     state_file = home / "stack-state.json"  # ports, passwords: dev-only, in the run directory
@@ -246,7 +252,9 @@ def start_kafka(
     except BaseException:
         service.stop()
         raise
-    if state["secure"] and (fresh or not state.get("acls")):
+    # (again) when the grants changed since this cluster's ACLs were made: creating is idempotent
+    wanted = sum(len(grant.operations) for grant in DEV_ACLS)
+    if state["secure"] and (fresh or state.get("acls") != wanted):
         with admin_client(**admin) as client:
             made = create_acls(client, DEV_ACLS)
         progress(f"kafka: {made} ACLs created")

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.stack._procs import ManagedProcess, ServiceStartError, progress
+from devstack._procs import ManagedProcess, ServiceStartError, progress
 
 __all__ = ["DockerEngine", "EngineUnavailable", "engine_answers", "remove_stale_engines"]
 

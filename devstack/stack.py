@@ -7,14 +7,20 @@ For each part the backend is chosen automatically, and reported:
   ``TELERAD_STACK_ORTHANC_URL`` with ``TELERAD_STACK_ORTHANC_USER``/``_PASSWORD``);
 * ``testcontainers`` with ``TELERAD_STACK_BACKEND=testcontainers`` (or ``auto`` when a Docker
   engine answers): the part runs in a container built here, on that engine or on a private one
-  the stack starts and stops (see :mod:`broker.stack.containers`);
+  the stack starts and stops (see :mod:`devstack.containers`);
 * ``process`` otherwise: the part is provisioned into the cache and run as a local process.
   (With a Docker engine present, ``TELERAD_STACK_BACKEND=testcontainers`` selects containers;
-  see :mod:`broker.stack.containers`.)
+  see :mod:`devstack.containers`.)
 
-The process backend's Kafka is secured (TLS, SCRAM, ACLs; :mod:`broker.stack.kafka_cluster`)
+The process backend's Kafka is secured (TLS, SCRAM, ACLs; :mod:`devstack.kafka_cluster`)
 unless ``TELERAD_STACK_KAFKA_PLAINTEXT=1``; external and container Kafkas are PLAINTEXT. It has
 one node, or ``TELERAD_STACK_KAFKA_NODES`` (``telerad stack up --kafka-nodes 3``).
+
+Orthanc (process and container backends) serves HTTPS with a certificate from a CA made at start
+(:func:`devstack.services.prepare_orthanc_home`); the broker's environment carries that CA
+(``TELERAD_PACS__TLS__CA_FILE``). ``TELERAD_STACK_ORTHANC_MTLS=1`` makes it require a client
+certificate too (the broker's is passed), ``TELERAD_STACK_ORTHANC_PLAINTEXT=1`` keeps plain HTTP.
+An external Orthanc's CA is ``TELERAD_STACK_ORTHANC_CA_FILE`` (none: the system's trust store).
 """
 
 from __future__ import annotations
@@ -27,16 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.stack import containers, services
-from broker.stack._procs import progress
-from broker.stack.kafka_cluster import BROKER, CONSUMER, kafka_env
-from broker.stack.services import Service
+from devstack import containers, services
+from devstack._procs import progress
+from devstack.kafka_cluster import BROKER, CONSUMER, kafka_env
+from devstack.services import Service
 
 __all__ = ["DEV_USERS", "PARTS", "Stack", "kafka_plaintext", "repo_root"]
 
 PARTS = ("kafka", "opa", "keycloak", "orthanc")
 
-# Dev-only client secrets, matching broker/stack/resources/keycloak/*.json.
+# Dev-only client secrets, matching devstack/resources/keycloak/*.json.
 _REALMS = {
     "hospital-a": "dev-broker-secret-a",
     "hospital-b": "dev-broker-secret-b",
@@ -44,13 +50,13 @@ _REALMS = {
 
 
 # Who `make run` tells a new user to sign in as (the realms' dev users; kept out of the image with
-# the rest of broker/stack).
+# the rest of devstack).
 DEV_USERS = "a dev user: ada, ben or eve (password dev-password; eve's one-time code: README)"
 
 
 def repo_root() -> Path:
     """The checkout this package lives in (the stack serves the repo's own policies)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]
 
 
 def kafka_plaintext() -> bool:
@@ -79,6 +85,8 @@ def _external(part: str) -> Service | None:
             extra={
                 "user": env.get("TELERAD_STACK_ORTHANC_USER", services.ORTHANC_USER),
                 "password": env.get("TELERAD_STACK_ORTHANC_PASSWORD", services.ORTHANC_PASSWORD),
+                "tls": "https" if url.startswith("https://") else "plaintext",
+                "ca_file": env.get("TELERAD_STACK_ORTHANC_CA_FILE", ""),  # empty: system store
             },
         )
     return None
@@ -133,11 +141,11 @@ class Stack:
             stack.stop()
             raise errors[0]
         if "orthanc" in stack.services:
-            from broker.stack.samples import load_samples
+            from devstack.samples import load_samples
 
             load_samples(stack.services["orthanc"])
         if "kafka" in stack.services:
-            from broker.stack.samples import publish_sample_worklist
+            from devstack.samples import publish_sample_worklist
 
             # the RIS's assignments of the sample studies (the policy no longer has them)
             publish_sample_worklist(stack.services["kafka"])
@@ -170,6 +178,8 @@ class Stack:
             "TELERAD_ENVIRONMENT": "development",
             # The loopback stack speaks plain HTTP, where a Secure cookie would never come back.
             "TELERAD_IDENTITY__SESSION_COOKIE_SECURE": "false",
+            # /metrics on a free loopback port (9464 may be another checkout's on this machine)
+            "TELERAD_METRICS_PORT": "0",
         }
         if kafka := self.services.get("kafka"):
             env |= kafka_env(kafka, BROKER)
@@ -180,9 +190,7 @@ class Stack:
         if opa := self.services.get("opa"):
             env["TELERAD_OPA__URL"] = opa.endpoints["url"]
         if orthanc := self.services.get("orthanc"):
-            env["TELERAD_PACS__URL"] = orthanc.endpoints["dicomweb"]
-            env["TELERAD_PACS__USERNAME"] = str(orthanc.extra["user"])
-            env["TELERAD_PACS__PASSWORD"] = str(orthanc.extra["password"])
+            env |= services.orthanc_broker_env(orthanc)
             env["TELERAD_FACTS_FILE"] = str(self._write_facts())
         if keycloak := self.services.get("keycloak"):
             env["TELERAD_ISSUERS"] = json.dumps(
@@ -201,7 +209,7 @@ class Stack:
 
 
 def _facts_catalog() -> dict[str, object]:
-    from broker.stack.samples import sample_studies
+    from devstack.samples import sample_studies
 
     studies = sample_studies()
     return {

@@ -60,6 +60,8 @@ from broker.tracing import (
     configure_tracing,
 )
 from broker.upstream import RetryStaleAsyncTransport
+from broker.worklist import WorklistState
+from broker.worklist import from_record as worklist_record
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -201,6 +203,9 @@ def create_app(
     audit_sink: AuditSink = audit or _audit_sink(settings)
     windows = DecisionWindows()
     revocations.add_listener(windows.on_change)
+    worklist = WorklistState()
+    # a study's assignment changed: its decision windows end here (a listener of revocations)
+    worklist.add_listener(lambda study_uid: revocations.changed("assignment", study_uid))
 
     def apply_control(event: AuditEvent) -> bool:
         # The study facts (and recorded Consents) first: a window that ends on a consent change
@@ -224,6 +229,21 @@ def create_app(
         if isinstance(audit_sink, KafkaAuditSink)
         else None
     )
+    # The RIS's worklist comes from Kafka whenever the broker is configured for Kafka (also with
+    # an audit sink handed in, as the tests do); only the RIS's principal may write the topic.
+    worklist_listener = (
+        RevocationListener(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.worklist_topic,
+            worklist.apply,
+            instance=settings.instance_id,
+            client_config=security_config(settings.kafka),
+            decode=worklist_record,
+            label="worklist topic",
+        )
+        if settings.audit_sink == "kafka" and settings.kafka.worklist_topic
+        else None
+    )
     # Every replica reads the fingerprint topic whole into memory (broker.fingerprints) and is
     # ready only once it has: no read is checked against a partial index.
     fingerprints = (
@@ -239,6 +259,7 @@ def create_app(
             instance=settings.instance_id,
             client_config=security_config(settings.kafka),
             name="fingerprints",
+            label="fingerprints topic",
         )
         if fingerprints is not None
         else None
@@ -273,7 +294,13 @@ def create_app(
                     http=http,
                     opa=opa,
                     readiness=ReadinessChecker(
-                        settings, http, opa, bearer, listener, fingerprint_listener
+                        settings,
+                        http,
+                        opa,
+                        bearer,
+                        listener,
+                        fingerprint_listener,
+                        worklist=worklist_listener,
                     ),
                     bearer=bearer,
                     oauth=build_oauth(settings.issuers, settings.identity.scopes),
@@ -287,7 +314,7 @@ def create_app(
                         ttl_seconds=settings.facts_ttl_seconds,
                         patient_consent=consents.effect_for,
                     ),
-                    enforcer=PolicyEnforcer(opa, audit_sink, metrics),
+                    enforcer=PolicyEnforcer(opa, audit_sink, metrics, worklist),
                     links=links,
                     proxy=DicomwebProxy(settings.pacs, http),
                     metrics=metrics,
@@ -295,6 +322,8 @@ def create_app(
                     consents=consents,
                     windows=windows,
                     transfers=transfers,
+                    worklist=worklist,
+                    worklist_listener=worklist_listener,
                     limits=RateLimits(settings.rate_limits),
                     fingerprints=fingerprints,
                     served_unchecked=ServedUnchecked() if fingerprints is not None else None,
@@ -302,6 +331,8 @@ def create_app(
                 transfers.start()
                 if listener is not None:
                     listener.start()  # after the state it applies events to exists
+                if worklist_listener is not None:
+                    worklist_listener.start()
                 if fingerprint_listener is not None:
                     fingerprint_listener.start()
                 watcher = asyncio.create_task(_watch_policy_revision(_state(app)))
@@ -312,6 +343,8 @@ def create_app(
                 await transfers.close()  # the last second of transfer records, before the sink
                 if listener is not None:
                     await asyncio.to_thread(listener.stop)
+                if worklist_listener is not None:
+                    await asyncio.to_thread(worklist_listener.stop)
                 if fingerprint_listener is not None:
                     await asyncio.to_thread(fingerprint_listener.stop)
                 await opa.close()

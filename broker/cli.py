@@ -6,6 +6,10 @@ telerad stack up [--with-broker]   run the dev stack (and the broker) until Ctrl
                  [--kafka-nodes 3] with a three-node KRaft cluster
 telerad kafka topics [--dry-run]   print the topics plan (partitions, replication, retention),
                                    then apply it
+telerad worklist publish KIND STUDY_UID --facility F [--reader R ...] [--about R]
+                 [--priority stat|urgent|routine] [--accession A] [--system S] [--dry-run]
+                                   publish one RIS worklist event (as the Kafka principal of
+                                   TELERAD_KAFKA__*; only the RIS's may write the topic)
 """
 
 from __future__ import annotations
@@ -157,6 +161,59 @@ def _kafka_topics(args: argparse.Namespace) -> int:
         return 1
 
 
+def _worklist_publish(args: argparse.Namespace) -> int:
+    import json
+
+    from pydantic import ValidationError
+
+    from broker.audit.kafka import security_config
+    from broker.config import Settings, check_environment
+    from broker.worklist import WorklistEvent, to_record
+
+    try:
+        event = WorklistEvent(
+            kind=args.kind,
+            study_uid=args.study_uid,
+            accession_number=args.accession,
+            facility=args.facility,
+            readers=args.reader or [],
+            reader=args.about,
+            assigning_system=args.system,
+            priority=args.priority,
+        )
+    except ValidationError as exc:
+        print(f"telerad: not a valid worklist event: {_config_message(exc)}", file=sys.stderr)
+        return 2
+    key, value, headers = to_record(event, source=f"/ris/{args.system}")
+    if args.dry_run:
+        print(json.dumps({"key": key.decode(), "headers": {k: v.decode() for k, v in headers}}))
+        print(value.decode())
+        return 0
+    try:
+        check_environment()
+        settings = Settings()
+        security = security_config(settings.kafka)
+    except (ValueError, ValidationError) as exc:
+        print(f"telerad: configuration error: {_config_message(exc)}", file=sys.stderr)
+        return 2
+    from broker.worklist.publish import publish
+
+    topic = settings.kafka.worklist_topic
+    try:
+        publish(
+            [event],
+            bootstrap=settings.kafka.bootstrap_servers,
+            topic=topic,
+            source=f"/ris/{args.system}",
+            client_config=security,
+        )
+    except Exception as exc:  # noqa: BLE001 - Kafka's refusal (ACLs), reported by name, exit 1
+        print(f"telerad: kafka: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"published {event.type} for {event.study_uid} to {topic} (id {event.id})")
+    return 0
+
+
 def _plan_and_apply(settings: Any, security: dict[str, Any], *, dry_run: bool) -> int:
     from broker.audit.kafka_admin import admin_client
     from broker.audit.topics import apply, plan
@@ -231,6 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topics.add_argument("--dry-run", action="store_true", help="print the plan only")
     topics.set_defaults(func=_kafka_topics)
+
+    worklist = sub.add_parser("worklist", help="the RIS's worklist events (dev stack, integrators)")
+    worklist_sub = worklist.add_subparsers(dest="worklist_command", required=True)
+    pub = worklist_sub.add_parser(
+        "publish", help="publish one worklist event to TELERAD_KAFKA__WORKLIST_TOPIC"
+    )
+    pub.add_argument(
+        "kind", choices=["assigned", "reassigned", "unassigned", "priority_changed", "closed"]
+    )
+    pub.add_argument("study_uid", help="the Study Instance UID (the record's key)")
+    pub.add_argument("--facility", required=True, help="the facility's id, e.g. st-olaf")
+    pub.add_argument(
+        "--reader",
+        action="append",
+        help="a reader assigned AFTER this change (repeat; none: unassigned or closed)",
+    )
+    pub.add_argument("--about", help="the reader this change is about")
+    pub.add_argument("--priority", default="routine", choices=["stat", "urgent", "routine"])
+    pub.add_argument("--accession", help="the accession number")
+    pub.add_argument("--system", default="ris-dev", help="the assigning system")
+    pub.add_argument("--dry-run", action="store_true", help="print the record, send nothing")
+    pub.set_defaults(func=_worklist_publish)
 
     from streams.cli import add_audit_commands, add_integrity_commands
 

@@ -145,6 +145,10 @@ class KafkaSettings(_Section):
     audit_topic: str = "telerad.audit.v1"
     # The control topic: revoked and consent.changed events, applied by every replica.
     revocation_topic: str = "telerad.revocations.v1"
+    # The RIS's worklist (compacted, keyed by study; only the RIS's principal writes it): every
+    # replica keeps the current assignments from it. Empty: no worklist, so no study is
+    # explicitly assigned (the policy then allows only by group coverage or break-glass).
+    worklist_topic: str = "telerad.worklist.v1"
     # Instance fingerprints (compacted, keyed by SOP Instance UID): written by
     # ``telerad integrity watch``, read by every replica to check what links relay.
     fingerprint_topic: str = "telerad.fingerprints.v1"

@@ -48,10 +48,10 @@ class Readiness(BaseModel):
 class ReadinessChecker:
     """Checks OPA, Kafka, each trusted IdP and the PACS; any failure makes the broker unready.
 
-    With the Kafka sink, also that the control topic (and, checking reads, the fingerprint topic)
-    was read up to its end offsets seen at
-    start; in production, that the audit topic is replicated at least as the floor asks
-    (``replication_factor`` and ``min_insync_replicas``), naming the gap when it is not.
+    With the Kafka sink, also that the control topic, the RIS's worklist topic and (checking
+    reads) the fingerprint topic were read up to their end offsets seen at start; in production,
+    that the audit topic is replicated at least as the floor asks (``replication_factor`` and
+    ``min_insync_replicas``), naming the gap when it is not.
     """
 
     def __init__(
@@ -62,6 +62,8 @@ class ReadinessChecker:
         bearer: BearerValidator,
         control: RevocationListener | None = None,
         fingerprints: RevocationListener | None = None,
+        *,
+        worklist: RevocationListener | None = None,
     ) -> None:
         self._settings = settings
         self._http = http
@@ -75,6 +77,9 @@ class ReadinessChecker:
         self._control = control
         if control is not None:
             self._checks["control-topic"] = self._check_control
+        self._worklist = worklist
+        if worklist is not None:
+            self._checks["worklist-topic"] = self._check_worklist
         self._fingerprints = fingerprints
         if fingerprints is not None:
             self._checks["fingerprints"] = self._check_fingerprints
@@ -133,6 +138,15 @@ class ReadinessChecker:
         wait = self._settings.readiness_timeout_seconds * 0.8
         await asyncio.to_thread(self._control.caught_up.wait, wait)
         return self._control.progress()
+
+    async def _check_worklist(self) -> str:
+        if self._worklist is None:
+            raise RuntimeError("no worklist-topic listener")
+        # the current assignments, rebuilt from the beginning of the worklist topic
+        await asyncio.to_thread(
+            self._worklist.caught_up.wait, self._settings.readiness_timeout_seconds * 0.8
+        )
+        return self._worklist.progress()
 
     async def _check_fingerprints(self) -> str:
         if self._fingerprints is None:

@@ -22,6 +22,7 @@ from broker.errors import DependencyUnavailable
 from broker.identity.principal import Principal
 from broker.metrics import Metrics
 from broker.opa import Decision, OpaGateway
+from broker.worklist.state import WorklistState
 
 __all__ = ["Action", "PolicyEnforcer", "RequestContext"]
 
@@ -56,10 +57,18 @@ class RequestContext:
 class PolicyEnforcer:
     """Builds policy input, asks OPA, audits the decision."""
 
-    def __init__(self, opa: OpaGateway, audit: AuditSink, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        opa: OpaGateway,
+        audit: AuditSink,
+        metrics: Metrics,
+        worklist: WorklistState | None = None,
+    ) -> None:
         self._opa = opa
         self._audit = audit
         self._metrics = metrics
+        # the RIS's assignments as this replica read them (none: nothing is assigned)
+        self._worklist = worklist if worklist is not None else WorklistState()
         # The latest policy (bundle) revision any decision reported; decisions reused in a
         # window hold only while it is unchanged (see broker.links.window).
         self.policy_revision: str | None = None
@@ -73,11 +82,14 @@ class PolicyEnforcer:
         context: RequestContext,
         break_glass: str | None = None,
         resource: dict[str, Any] | None = None,
+        assignment: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The policy's ``input`` document (see policies/schemas/input.schema.json).
 
         ``resource`` is ``input.resource`` for actions on no study (``facts`` is None), such as
-        ``record_consent`` with the facility the consent is recorded for.
+        ``record_consent`` with the facility the consent is recorded for. ``assignment`` is the
+        study's worklist assignment (``input.resource.assignment``; null: the RIS assigned it
+        to nobody, or said nothing of it).
         """
         justification = (break_glass or "").strip()[:_BREAK_GLASS_MAX]
         document: dict[str, Any] = {
@@ -91,7 +103,7 @@ class PolicyEnforcer:
             },
         }
         if facts is not None:
-            document["resource"] = facts.policy_resource()
+            document["resource"] = facts.policy_resource() | {"assignment": assignment}
             if facts.consent is not None:
                 document["context"]["consent"] = {"external_reading": facts.consent}
         elif resource is not None:
@@ -116,8 +128,16 @@ class PolicyEnforcer:
         decision's own (issuance's ``link.issued``, redemption's ``link.granted``): one produce,
         one acknowledgement. ``resource`` is ``input.resource`` for an action on no study.
         """
+        assigned = self._worklist.get(facts.study_uid) if facts is not None else None
         policy_input = self.build_input(
-            principal, action, operations, facts, context, break_glass, resource
+            principal,
+            action,
+            operations,
+            facts,
+            context,
+            break_glass,
+            resource,
+            assigned.policy_input() if assigned is not None else None,
         )
         with self._metrics.decision_seconds.time():
             decision = await self._opa.decide(policy_input)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.requests import HTTPConnection
 
 from broker.audit import AuditSink
+from broker.audit.kafka import RevocationListener
 from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
@@ -25,6 +26,7 @@ from broker.opa import OpaGateway
 from broker.policy import PolicyEnforcer
 from broker.ratelimits import RateLimits
 from broker.revocation import Revocations
+from broker.worklist import WorklistState
 
 __all__ = ["AppState", "state_of"]
 
@@ -51,6 +53,8 @@ class AppState:
     windows: DecisionWindows
     transfers: TransferLog
     limits: RateLimits
+    worklist: WorklistState = field(default_factory=WorklistState)  # the RIS's assignments
+    worklist_listener: RevocationListener | None = None  # reads them from the worklist topic
     fingerprints: FingerprintIndex | None = None  # None: reads are not checked
     served_unchecked: ServedUnchecked | None = None
 

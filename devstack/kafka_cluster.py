@@ -35,6 +35,7 @@ __all__ = [
     "CONSUMER",
     "DEV_ACLS",
     "INTRUDER",
+    "RIS",
     "client_kwargs",
     "kafka_env",
     "kafka_jvm",
@@ -50,12 +51,16 @@ INTRUDER = "telerad-intruder"  # a valid SCRAM user with no grants (the attacker
 # the alerts consumer when its rules contain (streams.containment): reads like a consumer, and
 # may write revocations to the control topic, as only the broker may otherwise
 RESPONDER = "telerad-responder"
-USERS = (ADMIN, BROKER, CONSUMER, INTRUDER, RESPONDER)
+# the RIS (or its integration engine): the only principal that may write the worklist topic;
+# the broker and the consumers only read it, so the broker cannot forge an assignment
+RIS = "telerad-ris"
+USERS = (ADMIN, BROKER, CONSUMER, INTRUDER, RESPONDER, RIS)
 MTLS_CLIENT = "telerad-broker"  # CN of the mutual-TLS client certificate (User:CN=...)
 
 # Topic name prefixes: the defaults' and the test suite's fresh per-test names.
 _AUDIT = ("telerad.audit.", "audit-")
 _CONTROL = ("telerad.revocations.", "revocations-")
+_WORKLIST = ("telerad.worklist.", "worklist-")
 # instance fingerprints: the integrity watcher (the broker's principal here) writes, every
 # broker replica reads; the audit consumers may read them too
 _FINGERPRINTS = ("telerad.fingerprints.", "fingerprints-")
@@ -80,7 +85,13 @@ def _grants() -> list[AclGrant]:
             AclGrant(principal, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE"))
             for p in _CONTROL + _FINGERPRINTS
         ]
+        grants += [AclGrant(principal, "topic", p, ("READ", "DESCRIBE")) for p in _WORKLIST]
     consumer = f"User:{CONSUMER}"
+    grants += [AclGrant(consumer, "topic", p, ("READ", "DESCRIBE")) for p in _WORKLIST]
+    ris = f"User:{RIS}"
+    grants += [
+        AclGrant(ris, "topic", p, ("WRITE", "READ", "CREATE", "DESCRIBE")) for p in _WORKLIST
+    ]
     grants += [
         AclGrant(consumer, "topic", p, ("READ", "DESCRIBE"))
         for p in _AUDIT + _CONTROL + _FINGERPRINTS

@@ -11,7 +11,14 @@ from typing import Any
 from devstack._procs import progress
 from devstack.services import Service, orthanc_client
 
-__all__ = ["SampleStudy", "build_instances", "load_samples", "sample_studies"]
+__all__ = [
+    "SampleStudy",
+    "build_instances",
+    "load_samples",
+    "publish_sample_worklist",
+    "sample_studies",
+    "sample_worklist",
+]
 
 _UID_ROOT = "1.2.826.0.1.3680043.10.1119."  # a root for synthetic test UIDs; never real patients
 
@@ -92,3 +99,39 @@ def load_samples(orthanc: Service) -> list[SampleStudy]:
                 response.raise_for_status()
     progress(f"orthanc: {len(studies)} sample studies loaded")
     return studies
+
+
+def sample_worklist() -> list[Any]:
+    """The RIS's assignments of the sample studies (``readers`` in studies.json), as events."""
+    from broker.worklist.events import WorklistEvent, WorklistKind
+
+    return [
+        WorklistEvent(
+            kind=WorklistKind.ASSIGNED,
+            study_uid=s.study_uid,
+            accession_number=f"ACC-{i:04d}",
+            facility=s.facility,
+            readers=list(s.raw["readers"]),
+            reader=s.raw["readers"][0],
+            assigning_system="ris-dev",
+        )
+        for i, s in enumerate(sample_studies(), start=1)
+        if s.raw.get("readers")
+    ]
+
+
+def publish_sample_worklist(kafka: Service, topic: str = "telerad.worklist.v1") -> int:
+    """Publish :func:`sample_worklist` to ``topic`` as the RIS's principal (idempotent: the
+    topic is compacted by study, so a second run leaves the same state)."""
+    from broker.worklist.publish import publish
+    from devstack.kafka_cluster import RIS, security_kwargs
+
+    written = publish(
+        sample_worklist(),
+        bootstrap=kafka.endpoints["bootstrap"],
+        topic=topic,
+        source="/ris/ris-dev",
+        client_config=security_kwargs(kafka, RIS),
+    )
+    progress(f"worklist: {written} sample assignments published to {topic}")
+    return written

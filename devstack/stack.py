@@ -144,6 +144,11 @@ class Stack:
             from devstack.samples import load_samples
 
             load_samples(stack.services["orthanc"])
+        if "kafka" in stack.services:
+            from devstack.samples import publish_sample_worklist
+
+            # the RIS's assignments of the sample studies (the policy no longer has them)
+            publish_sample_worklist(stack.services["kafka"])
         progress(
             "stack ready: " + ", ".join(f"{n} {s.endpoints}" for n, s in stack.services.items())
         )

@@ -290,14 +290,19 @@ class RevocationListener:
     """Applies the control topic's events (``revoked``, ``consent.changed``) from every replica
     to this one (a thread reading every partition from the earliest retained record).
 
+    The same reader follows the RIS's worklist topic (``decode``: that topic's own record
+    format, given the record's value, headers and key; ``label`` names the topic in logs and
+    readiness). A record ``decode`` refuses (:class:`~broker.audit.cloudevents.PoisonRecord`) is
+    counted in :attr:`rejected` and never applied.
+
     No consumer group: every replica reads everything and commits nothing, so the partitions are
     assigned by hand (a group would only add rebalances, during which nothing is applied). New
     partitions are picked up within ``_PARTITIONS_EVERY_SECONDS`` (a missing topic is looked for
     every second: nothing to wait for until it exists). :attr:`caught_up` turns true
     once the listener has read every partition up to the end offset it saw when it was first
     assigned them: until then the replica is not ready, so its first request already refuses a
-    link revoked before it started. The fingerprint topic is read the same way (``name``
-    ``fingerprints``).
+    link revoked before it started. The RIS's worklist and the fingerprint topic are read the
+    same way (``label``, ``name``; the worklist with a ``decode`` of its own).
     """
 
     _PARTITIONS_EVERY_SECONDS = 10.0
@@ -306,23 +311,28 @@ class RevocationListener:
         self,
         bootstrap: str,
         topic: str,
-        apply: Callable[[AuditEvent], object],
+        apply: Callable[[Any], object],  # an AuditEvent, or what ``decode`` returns
         *,
         instance: str,
         client_config: Mapping[str, Any] | None = None,
-        name: str = "revocations",
+        decode: Callable[[bytes | None, Any, bytes | None], Any] | None = None,
+        label: str = "control topic",
+        name: str | None = None,
     ) -> None:
-        self._name = name
         self._bootstrap = bootstrap
         self._client_config = dict(client_config or {})
         self._topic = topic
         self._apply = apply
+        self._decode = decode
+        self._label = label
+        self._name = name or ("revocations" if decode is None else label.replace(" ", "-"))
         self._instance = instance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ends: dict[Any, int] | None = None  # end offsets seen at start, by partition
         self.caught_up = threading.Event()
         self.applied = 0
+        self.rejected = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -331,6 +341,7 @@ class RevocationListener:
     def _run(self) -> None:
         from broker.audit.cloudevents import PoisonRecord, from_record
 
+        decode = self._decode or (lambda value, headers, _key: from_record(value, headers))
         consumer = None
         checked = 0.0
         while not self._stop.is_set():
@@ -356,7 +367,7 @@ class RevocationListener:
                     # partitions are assigned, from their beginning, once it exists.
                     if not self.caught_up.is_set():
                         self._confirm_missing()  # not merely hidden from us: that is no "ready"
-                        log.info("control topic %s does not exist yet", self._topic)
+                        log.info("%s %s does not exist yet", self._label, self._topic)
                         self._ends = {}
                         self.caught_up.set()
                     self._stop.wait(0.5)
@@ -364,14 +375,17 @@ class RevocationListener:
                 for records in consumer.poll(timeout_ms=250).values():
                     for record in records:
                         try:
-                            self._apply(from_record(record.value, record.headers))
-                            self.applied += 1
-                        except PoisonRecord:
-                            log.warning("ignored a malformed record on %s", self._topic)
+                            event = decode(record.value, record.headers, record.key)
+                        except PoisonRecord as exc:
+                            self.rejected += 1
+                            log.warning("%s: ignored a malformed record: %s", self._label, exc)
+                            continue
+                        self._apply(event)
+                        self.applied += 1
                 if not self.caught_up.is_set():
                     self._check_caught_up(consumer)
             except Exception as exc:  # noqa: BLE001 - keep listening; Kafka may come back
-                log.warning("%s listener: %s; retrying", self._name, type(exc).__name__)
+                log.warning("%s listener: %s; retrying", self._label, type(exc).__name__)
                 if consumer is not None:
                     consumer.close()
                     consumer = None
@@ -385,7 +399,7 @@ class RevocationListener:
 
         with admin_client(self._bootstrap, **self._client_config) as admin:
             if describe_topic(admin, self._topic) is not None:
-                raise RuntimeError(f"control topic {self._topic} appeared; assigning it")
+                raise RuntimeError(f"{self._label} {self._topic} appeared; assigning it")
 
     def _assign(self, consumer: Any) -> bool:
         """Assign every partition of the topic (new ones from their beginning); False if none."""
@@ -410,7 +424,8 @@ class RevocationListener:
             self._ends = dict(consumer.end_offsets(assigned))
         if all(consumer.position(tp) >= end for tp, end in self._ends.items()):
             log.info(
-                "control topic read up to the end offsets seen at start (%d events applied)",
+                "%s read up to the end offsets seen at start (%d events applied)",
+                self._label,
                 self.applied,
             )
             self.caught_up.set()
@@ -419,8 +434,13 @@ class RevocationListener:
         """For readiness: how far the listener is (raises while it has not caught up)."""
         if not self.caught_up.is_set():
             seen = "no partitions assigned yet" if self._ends is None else "reading"
-            raise RuntimeError(f"topic {self._topic} not yet read up to its end offsets ({seen})")
-        return f"{self._topic} read to the end offsets seen at start; {self.applied} applied"
+            raise RuntimeError(
+                f"{self._label} {self._topic} not yet read up to its end offsets ({seen})"
+            )
+        rejected = f", {self.rejected} rejected" if self.rejected else ""
+        return (
+            f"{self._label} read to the end offsets seen at start; {self.applied} applied{rejected}"
+        )
 
     def stop(self) -> None:
         self._stop.set()

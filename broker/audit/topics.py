@@ -48,7 +48,8 @@ class TopicChange:
 
 
 def planned_topics(settings: Settings) -> list[TopicSpec]:
-    """Audit, control, fingerprints, dead letters, ledger heads, alerts: as the settings say."""
+    """Audit, control, worklist, fingerprints, dead letters, ledger heads, alerts: as the settings
+    say."""
     kafka, streams = settings.kafka, settings.streams
     retention = str(-1 if kafka.audit_retention_days < 0 else kafka.audit_retention_days * _DAY_MS)
     durable = {"min.insync.replicas": str(kafka.min_insync_replicas)}
@@ -62,6 +63,13 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
         # Compacted: the newest record per key (a study's consent, one revocation) is kept for
         # ever, so a replica started a year later still learns everything still in force.
         spec(kafka.revocation_topic, "control", durable | {"cleanup.policy": "compact"}, 3),
+        # The RIS's worklist, keyed by study and compacted: each record carries the study's whole
+        # assignment, so the newest per study is all a replica needs (closed studies included).
+        *(
+            [spec(kafka.worklist_topic, "worklist", durable | {"cleanup.policy": "compact"}, 3)]
+            if kafka.worklist_topic
+            else []
+        ),
         # Compacted too: the newest fingerprint per SOP Instance UID, read whole by every replica.
         spec(kafka.fingerprint_topic, "fingerprints", durable | {"cleanup.policy": "compact"}, 3),
         spec(streams.dead_letter_topic, "dead letters", kept, 1),

@@ -1,5 +1,8 @@
 """The worklist: the studies one reader may read now, each decided by the policy.
 
+Studies the RIS assigned to the reader (the worklist topic's state) show its priority and the
+assigning system, stat first.
+
 Candidates come from the PACS (QIDO-RS over all studies, newest first, capped); every candidate is
 put to the policy (action ``search``) through the one enforcement path, so each listing is a
 recorded decision. A study is listed when the policy allows it, or when a stronger sign-in is the
@@ -41,6 +44,8 @@ class StudyRow:
     labels: tuple[str, ...]
     reasons: tuple[str, ...]  # the policy's words for why this reader may read it
     step_up: bool  # listed, but the policy asks for a stronger sign-in first
+    priority: str | None = None  # the RIS's priority, when it assigned the study to this reader
+    assigned_by: str | None = None  # the assigning system
 
 
 def _value(dataset: dict[str, Any], tag: str) -> list[Any]:
@@ -108,6 +113,11 @@ async def _decide(
     step_up = not decision.allow and codes == ["step_up_required"]
     if not decision.allow and not step_up:
         return None
+    # the RIS's assignment, as this replica read it from the worklist topic
+    assigned = state.worklist.get(uid)
+    mine = (
+        assigned is not None and assigned.status == "assigned" and principal.id in assigned.readers
+    )
     return StudyRow(
         study_uid=uid,
         institution=_text(dataset, "00080080"),
@@ -118,6 +128,8 @@ async def _decide(
         labels=facts.labels,
         reasons=tuple(r.message for r in decision.reasons) if decision.allow else (),
         step_up=step_up,
+        priority=assigned.priority.value if mine and assigned else None,
+        assigned_by=assigned.assigning_system if mine and assigned else None,
     )
 
 
@@ -133,7 +145,10 @@ async def load_worklist(
 
     rows = await asyncio.gather(*(one(d) for d in await _candidates(state)))
     listed = [row for row in rows if row is not None]
-    return sorted(listed, key=lambda r: (r.study_date, r.study_uid), reverse=True)
+    newest = sorted(listed, key=lambda r: (r.study_date, r.study_uid), reverse=True)
+    # the RIS's priorities first (stat, urgent, routine), then what coverage or consent allows
+    rank = {"stat": 0, "urgent": 1, "routine": 2}
+    return sorted(newest, key=lambda r: rank.get(r.priority or "", 3))
 
 
 async def study_row(

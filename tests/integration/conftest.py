@@ -35,6 +35,13 @@ class Broker:
         return f"http://127.0.0.1:{self.app.state.metrics_server.port}/metrics"
 
 
+def worklist_read(app: FastAPI, seconds: float = 20) -> None:
+    """Wait until the broker has read the worklist topic to its end (as readiness does)."""
+    listener = app.state.telerad.worklist_listener
+    if listener is not None:
+        assert listener.caught_up.wait(seconds), listener.progress()
+
+
 @pytest.fixture
 def broker_env(stack: Stack) -> Iterator[dict[str, str]]:
     """The broker's environment, pointed at the stack, on a loopback URL the IdP redirects to."""
@@ -51,6 +58,7 @@ async def broker(broker_env: dict[str, str]) -> AsyncIterator[Broker]:
     url = str(settings.public_url).rstrip("/")
     transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 50000))
     async with app.router.lifespan_context(app):
+        worklist_read(app)
         async with httpx.AsyncClient(mounts={url: transport}, timeout=30) as client:
 
             async def plain_http_cookies(_: httpx.Response) -> None:
@@ -97,6 +105,7 @@ def serve(settings: Settings, audit: MemorySink | None = None) -> Iterator[LiveB
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the broker did not start"
         time.sleep(0.05)
+    worklist_read(app)
     try:
         yield LiveBroker(app, url, audit or MemorySink())
     finally:

@@ -146,6 +146,31 @@ def transfer_records(
         time.sleep(0.1)
 
 
+def publish_worklist(
+    stack: Any, topic: str, study_uid: str, readers: list[str], kind: str = "", **fields: Any
+) -> None:
+    """Publish one worklist event for ``study_uid`` as the RIS's principal (acknowledged)."""
+    from broker.worklist import WorklistEvent, WorklistKind
+    from broker.worklist.publish import publish
+    from devstack.kafka_cluster import RIS, security_kwargs
+
+    kafka = stack.services["kafka"]
+    event = WorklistEvent(
+        kind=WorklistKind(kind or ("assigned" if readers else "unassigned")),
+        study_uid=study_uid,
+        facility=fields.pop("facility", "st-olaf"),
+        readers=readers,
+        assigning_system=fields.pop("assigning_system", "ris-test"),
+        **fields,
+    )
+    publish(
+        [event],
+        bootstrap=kafka.endpoints["bootstrap"],
+        topic=topic,
+        client_config=security_kwargs(kafka, RIS),
+    )
+
+
 def orthanc_dicomweb(orthanc: Service) -> DICOMwebClient:
     """A DICOMweb client straight to the stack's Orthanc: basic auth, its CA (and the client
     certificate when it requires one), so the comparison reads what the PACS serves."""

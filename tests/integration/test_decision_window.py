@@ -32,7 +32,7 @@ from devstack.kafka_cluster import (
 from devstack.samples import sample_studies
 from devstack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token, transfer_records
+from tests.integration.helpers import password_token, publish_worklist, transfer_records
 
 pytestmark = pytest.mark.integration
 
@@ -322,30 +322,40 @@ class TestAssignmentChange:
     ) -> None:
         opa = own_opa.endpoints["url"]
         uid = CT.study_uid
-        assigned = httpx.get(f"{opa}/v1/data/telerad/assignments/{uid}").json()["result"]
         patch = [
             {"op": "add", "path": "/radiologists/npi:1000000002/licenses/-", "value": "US-CA"},
             {"op": "add", "path": "/radiologists/npi:1000000002/privileges/-", "value": "st-olaf"},
-            {"op": "add", "path": f"/assignments/{uid}/-", "value": "npi:1000000002"},
         ]
         assert httpx.patch(f"{opa}/v1/data/telerad", json=patch).status_code == 204
+        worklist = f"worklist-{uuid.uuid4().hex[:10]}"
+        publish_worklist(stack, worklist, uid, ["npi:1000000001", "npi:1000000002"])
         ben = token(stack, "ben")
-        with mock.patch.dict(os.environ, {"TELERAD_OPA__URL": opa}), serve(Settings()) as live:
+        env = {"TELERAD_OPA__URL": opa, "TELERAD_KAFKA__WORKLIST_TOPIC": worklist}
+        with mock.patch.dict(os.environ, env), serve(Settings()) as live:
             link = issue(live.url, ben)
             assert metadata(link, ben) == 200
-            unassign = [{"op": "replace", "path": f"/assignments/{uid}", "value": assigned}]
-            assert httpx.patch(f"{opa}/v1/data/telerad", json=unassign).status_code == 204
-            # nothing has told the broker yet: the window still holds (the RIS feed's event
-            # is what ends it)
-            assert metadata(link, ben) == 200
-            publish(
-                stack,
-                topics["TELERAD_KAFKA__REVOCATION_TOPIC"],
-                AuditEvent(
-                    kind=EventKind.ASSIGNMENT_CHANGED, outcome=Outcome.SUCCESS, study_uid=uid
-                ),
+            # the RIS takes ben off the study: his open window ends, the next request is refused
+            publish_worklist(
+                stack, worklist, uid, ["npi:1000000001"], kind="unassigned", reader="npi:1000000002"
             )
             until(lambda: metadata(link, ben) == 403, "the window was not ended")
+
+    def test_closed_study_ends_the_window(
+        self, stack: Stack, topics: dict[str, str], own_opa: Any
+    ) -> None:
+        opa = own_opa.endpoints["url"]
+        no_coverage = [{"op": "replace", "path": "/coverage", "value": {}}]  # assignment only
+        assert httpx.patch(f"{opa}/v1/data/telerad", json=no_coverage).status_code == 204
+        uid = CT.study_uid
+        worklist = f"worklist-{uuid.uuid4().hex[:10]}"
+        publish_worklist(stack, worklist, uid, ["npi:1000000001"])
+        ada = token(stack, "ada")
+        env = {"TELERAD_OPA__URL": opa, "TELERAD_KAFKA__WORKLIST_TOPIC": worklist}
+        with mock.patch.dict(os.environ, env), serve(Settings()) as live:
+            link = issue(live.url, ada)
+            assert metadata(link, ada) == 200
+            publish_worklist(stack, worklist, uid, [], kind="closed")
+            until(lambda: metadata(link, ada) == 403, "the window was not ended")
 
 
 def read_topic(stack: Stack, topic: str) -> list[AuditEvent]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,12 @@ from devstack import services
 from devstack.samples import sample_studies
 from devstack.stack import Stack, repo_root
 from tests.integration.conftest import Broker
-from tests.integration.helpers import EVE_TOTP_BASE32, browser_login, password_token
+from tests.integration.helpers import (
+    EVE_TOTP_BASE32,
+    browser_login,
+    password_token,
+    publish_worklist,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -216,9 +223,19 @@ class TestFailClosed:
         patch = [
             {"op": "add", "path": "/radiologists/npi:1000000002/licenses/-", "value": "US-CA"},
             {"op": "add", "path": "/radiologists/npi:1000000002/privileges/-", "value": "st-olaf"},
-            {"op": "add", "path": f"/assignments/{uid}/-", "value": "npi:1000000002"},
         ]
         response = httpx.patch(f"{own_opa.endpoints['url']}/v1/data/telerad", json=patch)
         assert response.status_code == 204, response.text
-        after = await decide(broker, ben, "stolaf-ct-chest")
-        assert (after["allow"], codes(after)) == (True, ["assigned_on_worklist", "privileged"])
+        credentialed = await decide(broker, ben, "stolaf-ct-chest")
+        assert codes(credentialed) == ["not_assigned"]  # credentialing is bundle data
+        # the assignment is the RIS's: an event on the (shared) worklist topic, undone after
+        topic = broker.settings.kafka.worklist_topic
+        publish_worklist(stack, topic, uid, ["npi:1000000001", "npi:1000000002"])
+        try:
+            deadline = time.monotonic() + 5
+            while (after := await decide(broker, ben, "stolaf-ct-chest"))["allow"] is False:
+                assert time.monotonic() < deadline, after
+                await asyncio.sleep(0.05)
+            assert codes(after) == ["assigned_on_worklist", "privileged"]
+        finally:
+            publish_worklist(stack, topic, uid, ["npi:1000000001"])

@@ -59,3 +59,39 @@ def test_unknown_consent_is_left_out_so_the_policy_denies() -> None:
         ADA, "issue_link", ["view"], facts, RequestContext("10.0.0.1", None, 0)
     )
     assert "consent" not in document["context"]
+
+
+def test_the_studys_assignment_is_in_the_input_and_validates() -> None:
+    assignment = {
+        "status": "assigned",
+        "readers": ["npi:1000000001"],
+        "facility": "st-olaf",
+        "priority": "stat",
+        "assigning_system": "ris-st-olaf",
+    }
+    document = PolicyEnforcer.build_input(
+        ADA,
+        "issue_link",
+        ["view"],
+        FACTS,
+        RequestContext("10.0.0.1", None, 0),
+        assignment=assignment,
+    )
+    assert document["resource"]["assignment"] == assignment
+    errors = [e.message for e in Draft202012Validator(SCHEMA).iter_errors(document)]
+    assert errors == []
+
+
+def test_no_assignment_is_null() -> None:
+    document = PolicyEnforcer.build_input(
+        ADA, "issue_link", ["view"], FACTS, RequestContext("10.0.0.1", None, 0)
+    )
+    assert document["resource"]["assignment"] is None
+
+
+def test_the_enforcer_keeps_the_worklist_it_was_given_even_while_empty() -> None:
+    from broker.worklist import WorklistState
+
+    worklist = WorklistState()  # empty at start, filled by the listener later
+    enforcer = PolicyEnforcer(None, None, None, worklist)  # type: ignore[arg-type]
+    assert enforcer._worklist is worklist

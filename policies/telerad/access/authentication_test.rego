@@ -4,11 +4,14 @@ package telerad.access_test
 import data.telerad.access
 
 test_acr_below_facility_requirement_requires_step_up if {
-	req := json.patch(radiologist_input, [put("/resource/facility", "bay-general"), put("/subject/acr", "1")])
+	req := json.patch(radiologist_input, [
+		put("/resource/facility", "bay-general"),
+		put("/resource/assignment/facility", "bay-general"),
+		put("/subject/acr", "1"),
+	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == step_up_denied("2", 3600)
@@ -19,7 +22,6 @@ test_stale_authentication_requires_step_up if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == step_up_denied("1", 43200)
@@ -30,7 +32,6 @@ test_authentication_at_max_age_is_fresh_enough if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -41,7 +42,6 @@ test_auth_time_in_the_future_beyond_clock_skew_requires_step_up if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == step_up_denied("1", 43200)
@@ -50,7 +50,6 @@ test_auth_time_in_the_future_beyond_clock_skew_requires_step_up if {
 	allowed := access.decision with input as skewed
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	allowed.allow == true
@@ -61,7 +60,6 @@ test_sensitive_label_requires_mfa_even_where_facility_does_not if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == step_up_denied("2", 43200)
@@ -72,7 +70,6 @@ test_sensitive_study_on_worklist_gets_short_ttl if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -88,7 +85,7 @@ test_sensitive_study_on_worklist_gets_short_ttl if {
 
 test_sensitive_study_is_not_covered_by_group_coverage if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/resource/labels", ["restricted"]),
 		put("/context/now", monday_noon),
 		put("/subject/auth_time", monday_noon - 60),
@@ -96,7 +93,6 @@ test_sensitive_study_is_not_covered_by_group_coverage if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("sensitive_requires_assignment", `labels ["restricted"] require explicit worklist assignment`)])
@@ -104,14 +100,13 @@ test_sensitive_study_is_not_covered_by_group_coverage if {
 
 test_step_up_is_not_offered_when_other_requirements_fail if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/resource/labels", ["restricted"]),
 		put("/subject/acr", "1"),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -123,11 +118,14 @@ test_step_up_is_not_offered_when_other_requirements_fail if {
 }
 
 test_higher_acr_than_required_is_accepted if {
-	req := json.patch(radiologist_input, [put("/subject/acr", "3"), put("/resource/facility", "bay-general")])
+	req := json.patch(radiologist_input, [
+		put("/subject/acr", "3"),
+		put("/resource/facility", "bay-general"),
+		put("/resource/assignment/facility", "bay-general"),
+	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true

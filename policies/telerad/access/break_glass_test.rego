@@ -5,13 +5,12 @@ import data.telerad.access
 
 test_break_glass_overrides_missing_assignment if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/context/break_glass", {"justification": justification}),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -34,7 +33,7 @@ test_break_glass_overrides_missing_assignment if {
 
 test_break_glass_overrides_explicit_assignment_for_sensitive_study if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/resource/labels", ["vip"]),
 		put("/operations", ["view", "download"]),
 		put("/context/break_glass", {"justification": justification}),
@@ -42,7 +41,6 @@ test_break_glass_overrides_explicit_assignment_for_sensitive_study if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -69,7 +67,6 @@ test_break_glass_on_assigned_study_still_alerts if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -80,13 +77,12 @@ test_break_glass_on_assigned_study_still_alerts if {
 
 test_break_glass_with_short_justification_denies if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/context/break_glass", {"justification": "   emergency please   "}),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -100,7 +96,6 @@ test_break_glass_without_justification_denies_even_when_assigned if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -111,14 +106,13 @@ test_break_glass_without_justification_denies_even_when_assigned if {
 
 test_break_glass_never_overrides_consent_opt_out if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/context/break_glass", {"justification": justification}),
 		put("/context/consent", {"external_reading": "deny"}),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("consent_denied", "the patient has opted out of external reading")])
@@ -129,7 +123,6 @@ test_missing_consent_fact_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("consent_missing", `context.consent.external_reading must be "permit" or "deny"`)])
@@ -140,7 +133,6 @@ test_unrecognised_consent_value_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("consent_missing", `context.consent.external_reading must be "permit" or "deny"`)])
@@ -151,7 +143,6 @@ test_break_glass_is_for_radiologists_only if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("break_glass_not_permitted", "break-glass is available to radiologists only")])

@@ -66,10 +66,17 @@ radiologists := {
 	"npi:1000000009": {"licenses": ["US-MN"]},
 }
 
-assignments := {
-	"1.2.3.1": ["npi:1000000001"],
-	"1.2.3.2": ["npi:1000000002", "npi:1000000003", "npi:1000000004"],
+# worklist assignments as the broker puts them into input.resource.assignment (from the RIS's
+# events on the worklist topic): study 1.2.3.1 is ada's, 1.2.3.2 is shared by three readers
+assignment_1 := {
+	"status": "assigned",
+	"readers": ["npi:1000000001"],
+	"facility": "st-olaf",
+	"priority": "routine",
+	"assigning_system": "ris-st-olaf",
 }
+
+assignment_2 := object.union(assignment_1, {"readers": ["npi:1000000002", "npi:1000000003", "npi:1000000004"]})
 
 coverage := {reading_group: [{
 	"facility": "st-olaf",
@@ -100,6 +107,7 @@ radiologist_input := {
 		"labels": [],
 		"patient_ref": "pseudonym-7f3a",
 		"referring_physician": "npi:2000000001",
+		"assignment": assignment_1,
 	},
 	"context": {
 		"now": saturday_noon,

@@ -8,7 +8,6 @@ missing(field, type) := reason("input_invalid", sprintf("input.%s is missing, em
 test_request_without_input_is_denied_with_every_missing_field if {
 	d := access.decision with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -28,7 +27,6 @@ test_request_without_input_is_denied_with_every_missing_field if {
 	not_an_object := access.decision with input as "issue_link"
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	not_an_object == d
@@ -39,7 +37,6 @@ test_missing_labels_deny_image_access if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([missing("resource.labels", "array")])
@@ -50,13 +47,9 @@ test_empty_study_uid_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
-	d == denied([
-		missing("resource.study_uid", "string"),
-		reason("not_assigned", "the study is not on the radiologist's worklist and no group coverage applies now"),
-	])
+	d == denied([missing("resource.study_uid", "string")])
 }
 
 test_empty_operations_deny if {
@@ -64,7 +57,6 @@ test_empty_operations_deny if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("input_invalid", "input.operations must not be empty")])
@@ -75,7 +67,6 @@ test_non_numeric_acr_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -89,7 +80,6 @@ test_non_string_labels_deny if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("input_invalid", "input.resource.labels must contain only strings")])
@@ -100,7 +90,6 @@ test_malformed_break_glass_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -114,7 +103,6 @@ test_malformed_group_claim_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("input_invalid", `input.subject.group must be one of ["null", "string"], or absent`)])
@@ -129,7 +117,6 @@ test_absent_nullable_fields_are_treated_as_null if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -140,7 +127,6 @@ test_malformed_auth_time_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false
@@ -149,22 +135,26 @@ test_malformed_auth_time_denies if {
 }
 
 test_unknown_facility_denies if {
-	req := json.patch(radiologist_input, [put("/resource/facility", "nowhere")])
+	req := json.patch(radiologist_input, [
+		put("/resource/facility", "nowhere"),
+		put("/resource/assignment/facility", "nowhere"),
+	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("unknown_facility", "facility nowhere is not known")])
 }
 
 test_incomplete_facility_record_denies if {
-	req := json.patch(radiologist_input, [put("/resource/facility", "half-configured")])
+	req := json.patch(radiologist_input, [
+		put("/resource/facility", "half-configured"),
+		put("/resource/assignment/facility", "half-configured"),
+	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("policy_data_invalid", `data.telerad.facilities["half-configured"] is incomplete`)])
@@ -175,7 +165,6 @@ test_incomplete_radiologist_record_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("policy_data_invalid", `data.telerad.radiologists["npi:1000000009"] is incomplete`)])
@@ -185,7 +174,6 @@ test_missing_settings_deny if {
 	d := access.decision with input as radiologist_input
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as {"link_ttl_seconds": {"default": 600, "sensitive": 300}}
 	d == denied([reason(
@@ -195,7 +183,7 @@ test_missing_settings_deny if {
 }
 
 test_missing_assignments_and_coverage_deny if {
-	d := access.decision with input as radiologist_input
+	d := access.decision with input as json.patch(radiologist_input, [drop("/resource/assignment")])
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
 		with data.telerad.settings as settings
@@ -203,6 +191,18 @@ test_missing_assignments_and_coverage_deny if {
 		"not_assigned",
 		"the study is not on the radiologist's worklist and no group coverage applies now",
 	)])
+}
+
+test_assignment_of_wrong_type_is_invalid if {
+	d := access.decision with input as json.patch(radiologist_input, [put("/resource/assignment", ["npi:1000000001"])])
+		with data.telerad.facilities as facilities
+		with data.telerad.radiologists as radiologists
+		with data.telerad.coverage as coverage
+		with data.telerad.settings as settings
+	d == denied([
+		reason("input_invalid", `input.resource.assignment must be one of ["null", "object"], or absent`),
+		reason("not_assigned", "the study is not on the radiologist's worklist and no group coverage applies now"),
+	])
 }
 
 test_reason_codes_are_snake_case if {
@@ -227,7 +227,6 @@ test_every_reason_code_used_is_catalogued if {
 		d := access.decision with input as request
 			with data.telerad.facilities as facilities
 			with data.telerad.radiologists as radiologists
-			with data.telerad.assignments as assignments
 			with data.telerad.coverage as coverage
 			with data.telerad.settings as settings
 		every r in d.reasons {

@@ -7,7 +7,6 @@ test_radiologist_view_link_for_worklist_study_is_allowed if {
 	d := access.decision with input as radiologist_input
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -25,7 +24,6 @@ test_radiologist_download_link_is_allowed_with_download_flag if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -43,7 +41,6 @@ test_radiologist_redeem_is_reevaluated_and_allowed if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -55,7 +52,6 @@ test_redeem_window_comes_from_the_settings if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": 12})
 	d.obligations == redeemed(600, ["view"], 12)
@@ -66,7 +62,6 @@ test_redeem_window_zero_turns_reuse_off if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": 0})
 	d.obligations == redeemed(600, ["view"], 0)
@@ -77,7 +72,6 @@ test_redeem_window_not_a_number_is_no_window if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": "30"})
 	d.obligations == redeemed(600, ["view"], 0)
@@ -87,7 +81,6 @@ test_issue_link_has_no_redeem_window if {
 	d := access.decision with input as radiologist_input
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as object.union(settings, {"redeem_window_seconds": 12})
 	d.allow == true
@@ -99,7 +92,6 @@ test_denied_redeem_has_no_redeem_window if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false
@@ -111,7 +103,6 @@ test_radiologist_search_is_view_only if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -124,21 +115,19 @@ test_radiologist_search_is_view_only if {
 	)]) == access.decision with input as download
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 }
 
 test_group_coverage_allows_unassigned_study_during_window if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/context/now", monday_noon),
 		put("/subject/auth_time", monday_noon - 60),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -153,14 +142,13 @@ test_group_coverage_allows_unassigned_study_during_window if {
 
 test_group_coverage_outside_hours_denies if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/context/now", monday_early),
 		put("/subject/auth_time", monday_early - 60),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -170,11 +158,10 @@ test_group_coverage_outside_hours_denies if {
 }
 
 test_unassigned_study_on_weekend_is_denied if {
-	req := json.patch(radiologist_input, [put("/resource/study_uid", "1.2.3.99")])
+	req := json.patch(radiologist_input, [put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null)])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -185,7 +172,7 @@ test_unassigned_study_on_weekend_is_denied if {
 
 test_group_claim_must_match_directory_group if {
 	req := json.patch(radiologist_input, [
-		put("/resource/study_uid", "1.2.3.99"),
+		put("/resource/study_uid", "1.2.3.99"), put("/resource/assignment", null),
 		put("/context/now", monday_noon),
 		put("/subject/auth_time", monday_noon - 60),
 		put("/subject/group", "other-group"),
@@ -193,7 +180,6 @@ test_group_claim_must_match_directory_group if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false
@@ -203,12 +189,11 @@ test_group_claim_must_match_directory_group if {
 test_proxy_credentialing_accepted_by_facility_allows if {
 	req := json.patch(radiologist_input, [
 		put("/subject/id", "npi:1000000002"),
-		put("/resource/study_uid", "1.2.3.2"),
+		put("/resource/study_uid", "1.2.3.2"), put("/resource/assignment", assignment_2),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -224,13 +209,12 @@ test_proxy_credentialing_accepted_by_facility_allows if {
 test_proxy_credentialing_not_accepted_and_no_license_denies if {
 	req := json.patch(radiologist_input, [
 		put("/subject/id", "npi:1000000002"),
-		put("/resource/study_uid", "1.2.3.2"),
-		put("/resource/facility", "bay-general"),
+		put("/resource/study_uid", "1.2.3.2"), put("/resource/assignment", assignment_2),
+		put("/resource/facility", "bay-general"), put("/resource/assignment/facility", "bay-general"),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -245,14 +229,13 @@ test_proxy_credentialing_not_accepted_and_no_license_denies if {
 test_no_privileges_denies_even_with_break_glass if {
 	req := json.patch(radiologist_input, [
 		put("/subject/id", "npi:1000000004"),
-		put("/resource/study_uid", "1.2.3.2"),
-		put("/resource/facility", "bay-general"),
+		put("/resource/study_uid", "1.2.3.2"), put("/resource/assignment", assignment_2),
+		put("/resource/facility", "bay-general"), put("/resource/assignment/facility", "bay-general"),
 		put("/context/break_glass", {"justification": justification}),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("not_privileged", "no privileges or accepted proxy credentialing at facility bay-general")])
@@ -261,14 +244,13 @@ test_no_privileges_denies_even_with_break_glass if {
 test_license_is_required_even_with_break_glass if {
 	req := json.patch(radiologist_input, [
 		put("/subject/id", "npi:1000000003"),
-		put("/resource/study_uid", "1.2.3.2"),
-		put("/resource/facility", "bay-general"),
+		put("/resource/study_uid", "1.2.3.2"), put("/resource/assignment", assignment_2),
+		put("/resource/facility", "bay-general"), put("/resource/assignment/facility", "bay-general"),
 		put("/context/break_glass", {"justification": justification}),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("not_licensed", "no license for jurisdiction US-CA of facility bay-general")])
@@ -277,13 +259,12 @@ test_license_is_required_even_with_break_glass if {
 test_download_requires_download_flag if {
 	req := json.patch(radiologist_input, [
 		put("/subject/id", "npi:1000000002"),
-		put("/resource/study_uid", "1.2.3.2"),
+		put("/resource/study_uid", "1.2.3.2"), put("/resource/assignment", assignment_2),
 		put("/operations", ["view", "download"]),
 	])
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("download_not_permitted", "the radiologist is not permitted to download studies")])
@@ -294,7 +275,6 @@ test_unknown_operation_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("unknown_operation", `operation print is not one of ["download", "record", "view"]`)])
@@ -305,7 +285,6 @@ test_unknown_radiologist_denies if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("unknown_radiologist", "npi:1999999999 is not a known radiologist")])
@@ -316,7 +295,6 @@ test_unfingerprinted_served_when_the_settings_say_serve if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as object.union(settings, {"unfingerprinted": "serve"})
 	d.obligations == object.union(redeemed(600, ["view"], 30), {"unfingerprinted": "serve"})
@@ -327,7 +305,6 @@ test_unfingerprinted_refused_for_anything_but_serve if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as object.union(settings, {"unfingerprinted": "SERVE"})
 	d.obligations.unfingerprinted == "refuse"

@@ -7,7 +7,6 @@ test_referring_physician_views_own_patient if {
 	d := access.decision with input as referring_input
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -25,7 +24,6 @@ test_referring_physician_sensitive_study_needs_mfa_and_short_ttl if {
 	step_up := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	step_up == step_up_denied("2", 43200)
@@ -34,7 +32,6 @@ test_referring_physician_sensitive_study_needs_mfa_and_short_ttl if {
 	d := access.decision with input as mfa
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -46,7 +43,6 @@ test_referring_physician_other_patient_denied if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("not_own_patient", "referring physicians may only view their own patients' studies")])
@@ -57,7 +53,6 @@ test_referring_physician_without_referring_physician_of_record_denied if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("not_own_patient", "referring physicians may only view their own patients' studies")])
@@ -68,7 +63,6 @@ test_referring_physician_may_not_download if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -82,7 +76,6 @@ test_referring_physician_respects_consent_opt_out if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("consent_denied", "the patient has opted out of external reading")])
@@ -92,7 +85,6 @@ test_auditor_reads_audit_records if {
 	d := access.decision with input as auditor_input
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == {
@@ -112,7 +104,6 @@ test_auditor_read_audit_needs_only_facility if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -123,7 +114,6 @@ test_auditor_step_up_at_strict_facility if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == step_up_denied("2", 3600)
@@ -134,7 +124,6 @@ test_auditor_never_gets_images if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -150,7 +139,6 @@ test_auditor_never_gets_images if {
 	)]) == access.decision with input as both
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 }
@@ -160,7 +148,6 @@ test_auditor_may_not_download_audit_records if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -174,7 +161,6 @@ test_auditor_break_glass_is_not_permitted if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("break_glass_not_permitted", "break-glass is available to radiologists only")])
@@ -185,7 +171,6 @@ test_radiologist_may_not_read_audit if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("role_not_permitted", `roles ["radiologist"] do not permit action read_audit`)])
@@ -196,7 +181,6 @@ test_other_roles_are_denied if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason("role_not_permitted", `roles ["nurse", "technologist"] do not permit action issue_link`)])
@@ -207,7 +191,6 @@ test_unknown_action_is_denied if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([reason(
@@ -221,7 +204,6 @@ test_missing_roles_deny if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d == denied([
@@ -234,7 +216,6 @@ test_consent_registry_records_consent_for_its_facility if {
 	d := access.decision with input as registry_input
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -250,7 +231,6 @@ test_consent_registry_may_read_back_what_it_records if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == true
@@ -261,7 +241,6 @@ test_consent_registry_of_another_facility_is_refused if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false
@@ -277,7 +256,6 @@ test_consent_registry_gets_no_images if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false
@@ -291,7 +269,6 @@ test_a_radiologist_cannot_record_consent if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false
@@ -303,7 +280,6 @@ test_record_is_not_an_image_operation if {
 	d := access.decision with input as req
 		with data.telerad.facilities as facilities
 		with data.telerad.radiologists as radiologists
-		with data.telerad.assignments as assignments
 		with data.telerad.coverage as coverage
 		with data.telerad.settings as settings
 	d.allow == false

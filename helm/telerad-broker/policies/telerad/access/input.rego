@@ -42,6 +42,7 @@ _image_fields := {
 _nullable_fields := {
 	"subject.group": {"string", "null"},
 	"resource.referring_physician": {"string", "null"},
+	"resource.assignment": {"object", "null"},
 	"context.break_glass": {"object", "null"},
 }
 

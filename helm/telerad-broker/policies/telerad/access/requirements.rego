@@ -191,8 +191,14 @@ _credentialed if _proxy_credentialed
 # licensure
 _licensed if _facility.jurisdiction in _radiologist.licenses
 
-# assignment: explicit (worklist) or group coverage at context.now
-_on_worklist if _input.subject.id in data.telerad.assignments[_input.resource.study_uid]
+# assignment: explicit (the RIS's worklist, input.resource.assignment) or group coverage at
+# context.now. The assignment counts only while the study is assigned (not unassigned, not
+# closed) and only for the facility the PACS says the study belongs to.
+_on_worklist if {
+	_input.resource.assignment.status == "assigned"
+	_input.resource.assignment.facility == _input.resource.facility
+	_input.subject.id in _input.resource.assignment.readers
+}
 
 # weekday (0 = Sunday ... 6 = Saturday) and hour of context.now, both UTC;
 # 1970-01-01 was a Thursday (weekday 4)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -30,9 +33,12 @@ from broker.audit.cloudevents import from_record
 from broker.config import Settings
 from broker.fhir.consent import EXTERNAL_READING, PRIVACY_SCOPE
 from devstack._procs import free_port
-from devstack.kafka_cluster import CONSUMER, client_kwargs
+from devstack.kafka_cluster import CONSUMER, client_kwargs, kafka_env
 from devstack.samples import sample_studies
 from devstack.stack import Stack
+from streams.ledger import load_private_key
+from streams.ledger_store import SignedTreeHead
+from streams.merkle import verify_inclusion
 from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import password_token
 
@@ -122,7 +128,7 @@ def fhir(live: LiveBroker, method: str, path: str, bearer: str | None, **kw: Any
 
 
 def test_a_refusal_recorded_through_fhir_is_enforced_on_every_replica(
-    stack: Stack, replicas: list[LiveBroker]
+    stack: Stack, replicas: list[LiveBroker], tmp_path: Path
 ) -> None:
     a, b = replicas
     ada = password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
@@ -193,6 +199,47 @@ def test_a_refusal_recorded_through_fhir_is_enforced_on_every_replica(
     assert [e.detail["consent"] for e in changes] == ["deny", "permit"]
     assert all(
         e.action == "record_consent" and e.subject and e.subject.startswith("sub:") for e in changes
+    )
+
+    # the ledger holds each consent record and proves it: the ledger consumer (as the consumers'
+    # principal) reads the audit topic, then `telerad audit prove` gives an inclusion proof under
+    # a signed head, which checks against that head's root
+    ledger_env = (
+        dict(os.environ)
+        | kafka_env(stack.services["kafka"], CONSUMER)
+        | {
+            "TELERAD_STREAMS__LEDGER_PATH": str(tmp_path / "ledger.db"),
+            "TELERAD_STREAMS__LEDGER_KEY_PATH": str(tmp_path / "key.pem"),
+        }
+    )
+    ledger = audit_cli(ledger_env, "ledger", "--create-key", "--idle-exit", "4")
+    assert ledger.returncode == 0, ledger.stderr[-2000:]
+    key = load_private_key(tmp_path / "key.pem", create=False)
+    for change in changes:
+        proved = audit_cli(ledger_env, "prove", change.id)
+        assert proved.returncode == 0, proved.stderr[-2000:]
+        proof = json.loads(proved.stdout)
+        assert proof["event"]["id"] == change.id
+        assert proof["event"]["kind"] == "consent.changed"
+        assert proof["event"]["detail"]["consent"] == change.detail["consent"]
+        head = SignedTreeHead.from_json(json.dumps(proof["head"]))
+        assert head.verify(key.public_key())  # signed by the ledger's key
+        leaf = base64.b64decode(proof["leaf_hash"])
+        path = [base64.b64decode(p) for p in proof["proof"]]
+        assert verify_inclusion(leaf, proof["leaf_index"], head.size, path, head.root)
+        assert not verify_inclusion(leaf, proof["leaf_index"], head.size, path, bytes(32))
+    forged = audit_cli(ledger_env, "prove", str(uuid.uuid4()))
+    assert forged.returncode != 0  # an event the ledger never saw has no proof
+
+
+def audit_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``telerad audit ...`` in its own process, as an auditor runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker", "audit", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

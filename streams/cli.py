@@ -3,6 +3,7 @@
 telerad audit ledger   append events to the Merkle ledger, sign and publish tree heads
 telerad audit alerts   raise alerts (break-glass, denial bursts, outside assignment, ...)
 telerad audit export   FHIR AuditEvent / DICOM audit messages, to files or syslog
+telerad audit worklist check the RIS's worklist topic: what no replica can apply, dead-lettered
 telerad audit ledger rebuild|backup|restore   get the ledger back (streams/recovery.py)
 telerad audit verify   recompute the ledger, compare it with every published head (and the topic)
 telerad audit prove    an inclusion proof for one event, with the signed head it is under
@@ -182,6 +183,49 @@ def _alerts(args: argparse.Namespace) -> int:
     stats = runner.run(idle_exit_seconds=args.idle_exit)
     producer.close(5)
     print(json.dumps({"events": stats.events, "dead_letters": stats.dead_letters}))
+    return 0
+
+
+def _worklist(args: argparse.Namespace) -> int:
+    """The RIS's worklist topic, checked record by record: what no replica can apply (not a
+    CloudEvent, an unknown type, invalid data, headers or key that disagree with the data) goes
+    to the dead-letter topic with the reason. The replicas ignore such records themselves; this
+    consumer is where the RIS's integrators see them."""
+    from broker.audit.kafka import security_config
+    from broker.worklist.events import from_record
+    from streams.runner import ConsumerRunner
+
+    settings = _settings()
+    cfg = settings.streams
+    if not settings.kafka.worklist_topic:
+        print("telerad audit worklist: TELERAD_KAFKA__WORKLIST_TOPIC is empty", file=sys.stderr)
+        return 2
+    readable: dict[str, int] = {}
+
+    def handle(events: list[Any]) -> None:
+        for event in events:
+            readable[event.kind.value] = readable.get(event.kind.value, 0) + 1
+
+    runner = ConsumerRunner(
+        "worklist",
+        bootstrap=settings.kafka.bootstrap_servers,
+        topic=settings.kafka.worklist_topic,
+        group_id=args.group,
+        handler=handle,
+        dead_letter_topic=cfg.dead_letter_topic,
+        client_config=security_config(settings.kafka),
+        decode=lambda r: from_record(r.value, r.headers, r.key),
+        **cfg.health_options(),
+    )
+    runner.install_signal_handlers()
+    _progress(runner)
+    stats = runner.run(idle_exit_seconds=args.idle_exit)
+    print(
+        json.dumps(
+            {"events": stats.events, "dead_letters": stats.dead_letters, "kinds": readable},
+            sort_keys=True,
+        )
+    )
     return 0
 
 
@@ -637,6 +681,11 @@ def add_audit_commands(sub: Any) -> None:
     ledger.add_argument("--from-topic", action="store_true", help="rebuild from the topics")
     ledger.add_argument("--public-key", help="the ledger's public key; default: <key>.pub")
     consumer("alerts", _alerts, "raise alerts from the audit stream")
+    consumer(
+        "worklist",
+        _worklist,
+        "check the RIS's worklist topic; dead-letter, with the reason, what no replica can apply",
+    )
     export = consumer("export", _export, "export audit events for auditors and SIEMs")
     export.add_argument("--format", choices=["fhir", "dicom"], default="fhir")
     export.add_argument("--syslog", metavar="HOST:PORT", help="send to a syslog endpoint")

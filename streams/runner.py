@@ -4,7 +4,8 @@
   handler has processed that partition's records; the failure path never commits, it seeks back
   and retries after a pause (so a crash or a kill re-delivers, and handlers are idempotent by
   event id);
-* poison records (not a CloudEvents audit event we can read) go to the dead-letter topic, with
+* poison records (not a CloudEvents audit event we can read, or not what ``decode`` reads) go
+  to the dead-letter topic, with
   the reason and their origin in headers, and are committed past once the dead letter is acked;
 * SIGTERM/SIGINT set a stop flag; the loop finishes the batch in hand and closes within a bound.
 """
@@ -33,6 +34,13 @@ log = logging.getLogger("telerad.streams")
 # also told where the batch comes from. An exception with a true ``fatal`` attribute stops the
 # run (it is raised from ``run``) instead of being retried: the handler's own store is gone.
 Handler = Callable[..., Mapping[str, str] | None]
+# How a record becomes an event (anything with an ``id``): an audit event by default; the
+# worklist checker reads the RIS's events. It raises PoisonRecord for what it cannot read.
+Decoder = Callable[[Any], Any]
+
+
+def _audit_event(record: Any) -> AuditEvent:
+    return from_record(record.value, record.headers)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,10 @@ class ConsumerRunner:
         health_host: str = "127.0.0.1",
         health_port: int | None = None,  # /healthz and /readyz while run() runs; None: none
         health_stale_seconds: float = 60.0,  # liveness: the loop turned within this
+        decode: Decoder = _audit_event,
     ) -> None:
         self.name = name
+        self._decode = decode
         self._bootstrap = bootstrap
         self._client_config = dict(client_config or {})
         self._topic = topic
@@ -172,13 +182,13 @@ class ConsumerRunner:
     def _process(self, partition: Any, records: list[Any]) -> None:
         from kafka.structs import OffsetAndMetadata
 
-        events: list[AuditEvent] = []
+        events: list[Any] = []
         records_by_id: dict[str, Any] = {}
         try:
             for record in records:
                 self.stats.records += 1
                 try:
-                    event = from_record(record.value, record.headers)
+                    event = self._decode(record)
                 except PoisonRecord as exc:
                     self._dead_letter(record, str(exc))
                     continue

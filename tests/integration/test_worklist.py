@@ -7,7 +7,10 @@ request; only the RIS's principal can write the topic; a malformed record change
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,14 +20,14 @@ from unittest import mock
 
 import httpx
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from broker.config import Settings
 from broker.worklist import WorklistEvent, WorklistKind, to_record
 from devstack import services
 from devstack._procs import free_port
-from devstack.kafka_cluster import BROKER, INTRUDER, RIS, client_kwargs
+from devstack.kafka_cluster import BROKER, CONSUMER, INTRUDER, RIS, client_kwargs, kafka_env
 from devstack.samples import sample_studies
 from devstack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
@@ -193,3 +196,40 @@ class TestForgedAndMalformed:
             listener = live.app.state.telerad.worklist_listener
             assert (listener.applied, listener.rejected) == (1, 2)
             assert decide(live, eve)["allow"] is True
+
+        # the checker, as the consumers' principal: both bad records on the dead-letter topic,
+        # each with its reason and origin; the good one is not
+        dlq = f"dlq-worklist-{uuid.uuid4().hex[:10]}"
+        env = (
+            dict(os.environ)
+            | kafka_env(stack.services["kafka"], CONSUMER)
+            | {"TELERAD_STREAMS__DEAD_LETTER_TOPIC": dlq}
+        )
+        checked = subprocess.run(
+            [sys.executable, "-m", "broker", "audit", "worklist", "--idle-exit", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert checked.returncode == 0, checked.stderr[-2000:]
+        assert json.loads(checked.stdout.strip().splitlines()[-1]) == {
+            "events": 1,
+            "dead_letters": 2,
+            "kinds": {"assigned": 1},
+        }
+        consumer = KafkaConsumer(
+            dlq,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5000,
+            **client_kwargs(stack.services["kafka"], CONSUMER),
+        )
+        try:
+            letters = list(consumer)
+        finally:
+            consumer.close()
+        reasons = [dict(r.headers)["dlq_reason"].decode() for r in letters]
+        assert len(reasons) == 2, reasons
+        assert all("not a valid worklist event" in r for r in reasons), reasons
+        assert "priority" in reasons[0], reasons
+        assert all(dict(r.headers)["dlq_origin"].startswith(worklist.encode()) for r in letters)

@@ -9,14 +9,13 @@ The data is checked against the versioned JSON Schema exported from :class:`Audi
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from broker.audit.events import AuditEvent
+from broker.schemas import CommittedSchema
 
 __all__ = [
     "SCHEMA_PATH",
@@ -36,24 +35,22 @@ class PoisonRecord(ValueError):
     """A record that is not a valid audit event of a version we read (goes to the dead letters)."""
 
 
+_SCHEMA = CommittedSchema(
+    AuditEvent,
+    SCHEMA_PATH,
+    "https://telerad-broker.invalid/schemas/audit-event.v1.schema.json",
+    "audit event",
+)
+
+
 def export_schema() -> dict[str, Any]:
     """The JSON Schema of the event data, exported from the model (committed as SCHEMA_PATH)."""
-    schema = AuditEvent.model_json_schema(mode="serialization")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://telerad-broker.invalid/schemas/audit-event.v1.schema.json"
-    return schema
-
-
-@lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    return _SCHEMA.export()
 
 
 def check_against_schema(data: dict[str, Any]) -> None:
     """Validate event data with the committed JSON Schema (jsonschema; ~0.4 ms an event)."""
-    errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        raise ValueError(f"audit event does not match its schema: {errors[0].message}")
+    _SCHEMA.check(data)
 
 
 def to_record(event: AuditEvent, *, source: str) -> tuple[bytes, bytes, list[Header]]:

@@ -18,15 +18,14 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from jsonschema import Draft202012Validator
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.audit.cloudevents import PoisonRecord
 from broker.dicomweb.facts import valid_uid
+from broker.schemas import CommittedSchema
 
 __all__ = [
     "SCHEMA_PATH",
@@ -112,24 +111,22 @@ class WorklistEvent(BaseModel):
         return f"{TYPE_PREFIX}{self.kind.value}.v1"
 
 
+_SCHEMA = CommittedSchema(
+    WorklistEvent,
+    SCHEMA_PATH,
+    "https://telerad-broker.invalid/schemas/worklist-event.v1.schema.json",
+    "worklist event",
+)
+
+
 def export_schema() -> dict[str, Any]:
     """The JSON Schema of the event data, exported from the model (committed as SCHEMA_PATH)."""
-    schema = WorklistEvent.model_json_schema(mode="serialization")
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://telerad-broker.invalid/schemas/worklist-event.v1.schema.json"
-    return schema
-
-
-@lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    return _SCHEMA.export()
 
 
 def check_against_schema(data: dict[str, Any]) -> None:
     """Validate event data with the committed JSON Schema (what an integrator can check too)."""
-    errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        raise ValueError(f"worklist event does not match its schema: {errors[0].message}")
+    _SCHEMA.check(data)
 
 
 def to_record(event: WorklistEvent, *, source: str) -> tuple[bytes, bytes, list[Header]]:

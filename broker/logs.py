@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["DeliberateAbortFilter", "JsonFormatter", "configure_logging"]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -29,6 +29,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class DeliberateAbortFilter(logging.Filter):
+    """The server's "Exception in ASGI application" for a response the broker aborts on purpose
+    (an exception whose class sets ``deliberate_abort``: the integrity check cutting a transfer
+    off) becomes one warning line without a traceback; every other exception is left as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and getattr(exc, "deliberate_abort", False):
+            record.msg, record.args = "response aborted on purpose: %s", (exc,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ABORTS = DeliberateAbortFilter()
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send the ``telerad`` loggers to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -37,3 +54,4 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(_ABORTS)  # once, however many apps are made

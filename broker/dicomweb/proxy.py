@@ -464,7 +464,10 @@ async def _relay(
 
 class CutOff(Exception):
     """Raised out of a checked stream so the server aborts the response (no terminating chunk,
-    a short body against its Content-Length): the client can tell the body is broken."""
+    a short body against its Content-Length): the client can tell the body is broken. The
+    server's log says so in one line (:class:`broker.logs.DeliberateAbortFilter`)."""
+
+    deliberate_abort = True
 
 
 async def _report_cut(check: ReadCheck, violation: Violation) -> None:

@@ -29,6 +29,7 @@ def _topics(suffix: str) -> dict[str, str]:
         "TELERAD_KAFKA__AUDIT_TOPIC": f"audit-{suffix}",
         "TELERAD_KAFKA__REVOCATION_TOPIC": f"revocations-{suffix}",
         "TELERAD_KAFKA__FINGERPRINT_TOPIC": f"fingerprints-{suffix}",
+        "TELERAD_KAFKA__WORKLIST_TOPIC": f"worklist-{suffix}",
         "TELERAD_STREAMS__DEAD_LETTER_TOPIC": f"dlq-{suffix}",
         "TELERAD_STREAMS__HEADS_TOPIC": f"heads-{suffix}",
         "TELERAD_STREAMS__ALERTS_TOPIC": f"telerad.alerts.{suffix}",
@@ -53,7 +54,7 @@ def test_plan_then_apply_then_nothing_to_do(stack: Stack) -> None:
 
     dry = _run(env, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert dry.stdout.count(" create  ") == 6, dry.stdout
+    assert dry.stdout.count(" create  ") == 7, dry.stdout
     assert "retention.ms=315360000000" in dry.stdout, dry.stdout
     with admin_client(**client_kwargs(kafka, ADMIN)) as admin:
         assert describe_topic(admin, names["TELERAD_KAFKA__AUDIT_TOPIC"]) is None  # a plan only
@@ -72,7 +73,7 @@ def test_plan_then_apply_then_nothing_to_do(stack: Stack) -> None:
     assert control.configs["cleanup.policy"] == "compact"
 
     again = _run(env, "--dry-run")
-    assert again.stdout.count("  none  ") == 6, again.stdout
+    assert again.stdout.count("  none  ") == 7, again.stdout
 
     env["TELERAD_KAFKA__AUDIT_RETENTION_DAYS"] = "30"
     changed = _run(env)

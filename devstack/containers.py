@@ -119,7 +119,7 @@ class ContainerBackend:
         starters: dict[str, Callable[[], Service]] = {
             "kafka": self._kafka,
             "opa": lambda: self._opa(root),
-            "keycloak": lambda: self._keycloak(root),
+            "keycloak": self._keycloak,
             "orthanc": self._orthanc,
         }
         return starters[part]
@@ -226,11 +226,14 @@ class ContainerBackend:
         log = self._wait("opa", container, lambda: services.http_ok(f"{url}/health"), timeout=60)
         return self._wrap("opa", container, {"url": url}, log)
 
-    def _keycloak(self, root: Path) -> Service:
+    def _keycloak(self) -> Service:
         imports = self.run_dir / "keycloak" / "import"
         shutil.rmtree(imports, ignore_errors=True)
         imports.mkdir(parents=True)
-        for realm in sorted((root / "broker" / "stack" / "resources" / "keycloak").glob("*.json")):
+        realms = sorted(services.resource("keycloak").glob("*.json"))
+        if not realms:
+            raise ServiceStartError("no Keycloak realm files under devstack/resources/keycloak")
+        for realm in realms:
             shutil.copy(realm, imports / realm.name)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -250,7 +253,7 @@ class ContainerBackend:
         log = self._wait(
             "keycloak",
             container,
-            lambda: services.http_ok(f"{url}/health/ready"),
+            lambda: services.keycloak_ready(url),
             timeout=300,
         )
         return self._wrap("keycloak", container, services.keycloak_endpoints(url), log)

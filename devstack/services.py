@@ -73,7 +73,8 @@ def http_ok(url: str, *, auth: tuple[str, str] | None = None) -> bool:
     return httpx.get(url, auth=auth, timeout=2.0).status_code == 200
 
 
-def _resource(name: str) -> Path:
+def resource(name: str) -> Path:
+    """A file or folder under ``devstack/resources`` (realms, Orthanc and OPA configuration)."""
     return Path(__file__).parent / "resources" / name
 
 
@@ -85,7 +86,7 @@ def prepare_kafka_home(home: Path) -> str:
     shutil.rmtree(home, ignore_errors=True)
     (home / "data").mkdir(parents=True)
     _write_kafka_config(home / "server.properties", home, free_port(), free_port())
-    shutil.copy(_resource("kafka-log4j2.xml"), home / "log4j2.xml")
+    shutil.copy(resource("kafka-log4j2.xml"), home / "log4j2.xml")
     return new_cluster_id()
 
 
@@ -424,7 +425,7 @@ def _keycloak_run_home(dist: Path, home: Path) -> Path:
             (home / "bin" / entry.name).symlink_to(entry)
     imports = home / "data" / "import"
     imports.mkdir(parents=True)
-    for realm in sorted(_resource("keycloak").glob("*.json")):
+    for realm in sorted(resource("keycloak").glob("*.json")):
         shutil.copy(realm, imports / realm.name)
     return home
 
@@ -442,7 +443,7 @@ def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
     progress(f"keycloak: starting on 127.0.0.1:{port} (20-40 s on two cores)")
     proc = ManagedProcess("keycloak", argv, log_path=log_path, env=env, cwd=home)
     proc.start()
-    proc.wait_ready(lambda: http_ok(f"{url}/health/ready"), timeout=timeout, interval=1.0)
+    proc.wait_ready(lambda: keycloak_ready(url), timeout=timeout, interval=1.0)
     return Service("keycloak", keycloak_endpoints(url), log_path, proc)
 
 
@@ -457,6 +458,19 @@ def keycloak_endpoints(url: str) -> dict[str, str]:
     """The server's URL and each telerad realm's issuer."""
     realms = ("hospital-a", "hospital-b", "northstar-reading")
     return {"url": url, **{r: f"{url}/realms/{r}" for r in realms}}
+
+
+def keycloak_ready(url: str) -> bool:
+    """Keycloak is up *and* every telerad realm was imported (its discovery document answers).
+
+    A server whose import found no realm files reports healthy; waiting on the realms makes that
+    a start-up failure with Keycloak's log instead of a 404 in every identity test.
+    """
+    endpoints = keycloak_endpoints(url)
+    issuers = [v for k, v in endpoints.items() if k != "url"]
+    return http_ok(f"{url}/health/ready") and all(
+        http_ok(f"{issuer}/.well-known/openid-configuration") for issuer in issuers
+    )
 
 
 def keycloak_args(port: int) -> list[str]:

@@ -47,6 +47,22 @@ class RequestContext:
             now=time.time(),
         )
 
+    def actor(self, principal: Principal | None) -> dict[str, Any]:
+        """Who asked and from where, as every audit event about a request records it.
+
+        ``subject``, ``issuer``, ``roles`` and ``session_id`` of ``principal`` (all empty when
+        the caller is not known yet) with this context's ``client_ip`` and ``user_agent``:
+        keyword arguments for :class:`~broker.audit.events.AuditEvent`.
+        """
+        return {
+            "subject": principal.id if principal else None,
+            "issuer": principal.issuer if principal else None,
+            "roles": list(principal.roles) if principal else [],
+            "session_id": principal.session_id if principal else None,
+            "client_ip": self.client_ip,
+            "user_agent": self.user_agent,
+        }
+
     @classmethod
     def audit_fields(cls, request: Request) -> dict[str, str | None]:
         """``client_ip`` and ``user_agent`` for an audit event about ``request``."""
@@ -150,21 +166,16 @@ class PolicyEnforcer:
         event = AuditEvent(
             kind=EventKind.DECISION,
             outcome=Outcome.ALLOW if decision.allow else Outcome.DENY,
-            subject=principal.id,
-            issuer=principal.issuer,
-            roles=list(principal.roles),
+            **context.actor(principal),
             action=action,
             study_uid=facts.study_uid if facts else None,
             operations=sorted(set(operations)),
             reasons=[r.code for r in decision.reasons],
             decision_id=decision.decision_id,
             policy_revision=decision.policy_revision,
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
             purpose=policy_input["context"]["break_glass"]["justification"]
             if policy_input["context"]["break_glass"]
             else None,
-            session_id=principal.session_id,
             detail={"obligations": decision.obligations} if decision.allow else {},
         )
         events = [event]

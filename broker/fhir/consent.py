@@ -235,12 +235,8 @@ async def record_consent(request: Request) -> Response:
         changed = AuditEvent(
             kind=EventKind.CONSENT_CHANGED,
             outcome=Outcome.SUCCESS,
-            subject=principal.id,
-            issuer=principal.issuer,
-            roles=list(principal.roles),
+            **context.actor(principal),
             action="record_consent",
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
             detail=record.detail(),
         )
         await state.audit.emit(changed)

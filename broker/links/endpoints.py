@@ -219,17 +219,12 @@ async def issue_link(
             AuditEvent(
                 kind=EventKind.LINK_ISSUED,
                 outcome=Outcome.SUCCESS,
-                subject=principal.id,
-                issuer=principal.issuer,
-                roles=list(principal.roles),
+                **context.actor(principal),
                 action="issue_link",
                 study_uid=facts.study_uid,
                 operations=list(claims.operations),
                 decision_id=decision.decision_id,
                 link_id=claims.link_id,
-                client_ip=context.client_ip,
-                user_agent=context.user_agent,
-                session_id=principal.session_id,
                 detail={"expires_at": claims.expires_at},
             )
         ]
@@ -433,17 +428,12 @@ async def _decide_window(
         event = AuditEvent(
             kind=EventKind.LINK_GRANTED,
             outcome=Outcome.ALLOW,
-            subject=principal.id,
-            issuer=principal.issuer,
-            roles=list(principal.roles),
+            **context.actor(principal),
             action="redeem",
             study_uid=claims.study_uid,
             operations=[key.operation],
             decision_id=decision.decision_id,
             policy_revision=decision.policy_revision,
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
-            session_id=principal.session_id,
             link_id=claims.link_id,
             detail={
                 "window_start": context.now,
@@ -495,17 +485,13 @@ async def _audit_redeem(
         AuditEvent(
             kind=EventKind.LINK_REDEEMED,
             outcome=outcome,
-            subject=principal.id if principal else None,
-            issuer=principal.issuer if principal else None,
+            **context.actor(principal),
             action="redeem",
             study_uid=claims.study_uid if claims else None,
             operations=[operation] if operation else [],
             reasons=reasons,
             decision_id=decision_id,
             link_id=claims.link_id if claims else None,
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
-            session_id=principal.session_id if principal else None,
             detail={"link_subject": claims.subject} if claims else {},
         ),
     )
@@ -525,15 +511,10 @@ async def _audit_rate_limited(
     event = AuditEvent(
         kind=EventKind.DECISION,
         outcome=Outcome.DENY,
-        subject=principal.id,
-        issuer=principal.issuer,
-        roles=list(principal.roles),
+        **context.actor(principal),
         action="issue_link",
         study_uid=study_uid,
         reasons=["rate_limited"],
-        client_ip=context.client_ip,
-        user_agent=context.user_agent,
-        session_id=principal.session_id,
         detail={"retry_after": int(exc.retry_after)},
     )
     try:

@@ -50,15 +50,11 @@ def read_check(
         event = AuditEvent(
             kind=EventKind.INTEGRITY_VIOLATION,
             outcome=Outcome.ALLOW if finding.action == "served" else Outcome.DENY,
-            subject=principal.id,
-            issuer=principal.issuer,
+            **context.actor(principal),
             action="redeem",
             study_uid=claims.study_uid,
             reasons=[f"integrity_{finding.finding}"],
             link_id=claims.link_id,
-            client_ip=context.client_ip,
-            user_agent=context.user_agent,
-            session_id=principal.session_id,
             detail=finding.detail() | {"path": upstream, "policy": policy},
         )
         log.warning(

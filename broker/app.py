@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from broker import __version__
 from broker.api import router as api_router
 from broker.audit import AuditEvent, AuditSink, AuditUnavailable, EventKind, LogSink, Outcome
-from broker.audit.kafka import KafkaAuditSink, RevocationListener, security_config
+from broker.audit.kafka import KafkaAuditSink, TopicFollower, security_config
 from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
@@ -219,7 +219,7 @@ def create_app(
         return apply_event(revocations, event) or applied
 
     listener = (
-        RevocationListener(
+        TopicFollower(
             settings.kafka.bootstrap_servers,
             settings.kafka.revocation_topic,
             apply_control,
@@ -232,7 +232,7 @@ def create_app(
     # The RIS's worklist comes from Kafka whenever the broker is configured for Kafka (also with
     # an audit sink handed in, as the tests do); only the RIS's principal may write the topic.
     worklist_listener = (
-        RevocationListener(
+        TopicFollower(
             settings.kafka.bootstrap_servers,
             settings.kafka.worklist_topic,
             worklist.apply,
@@ -252,7 +252,7 @@ def create_app(
         else None
     )
     fingerprint_listener = (
-        RevocationListener(
+        TopicFollower(
             settings.kafka.bootstrap_servers,
             settings.kafka.fingerprint_topic,
             fingerprints.apply,

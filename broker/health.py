@@ -11,7 +11,7 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel
 
-from broker.audit.kafka import RevocationListener, cluster_brokers, security_config
+from broker.audit.kafka import TopicFollower, cluster_brokers, security_config
 from broker.config import Settings
 from broker.identity.bearer import BearerValidator
 from broker.opa import OpaGateway
@@ -60,10 +60,10 @@ class ReadinessChecker:
         http: httpx.AsyncClient,
         opa: OpaGateway,
         bearer: BearerValidator,
-        control: RevocationListener | None = None,
-        fingerprints: RevocationListener | None = None,
+        control: TopicFollower | None = None,
+        fingerprints: TopicFollower | None = None,
         *,
-        worklist: RevocationListener | None = None,
+        worklist: TopicFollower | None = None,
     ) -> None:
         self._settings = settings
         self._http = http

@@ -8,7 +8,7 @@ import httpx
 from starlette.requests import HTTPConnection
 
 from broker.audit import AuditSink
-from broker.audit.kafka import RevocationListener
+from broker.audit.kafka import TopicFollower
 from broker.config import Settings
 from broker.dicomweb.facts import StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
@@ -54,7 +54,7 @@ class AppState:
     transfers: TransferLog
     limits: RateLimits
     worklist: WorklistState = field(default_factory=WorklistState)  # the RIS's assignments
-    worklist_listener: RevocationListener | None = None  # reads them from the worklist topic
+    worklist_listener: TopicFollower | None = None  # reads them from the worklist topic
     fingerprints: FingerprintIndex | None = None  # None: reads are not checked
     served_unchecked: ServedUnchecked | None = None
 

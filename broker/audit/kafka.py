@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KafkaAuditSink",
-    "RevocationListener",
+    "TopicFollower",
     "cluster_brokers",
     "make_consumer",
     "make_producer",
@@ -286,23 +286,24 @@ def _settle_on_ack(
     sent.add_errback(lambda exc: loop.call_soon_threadsafe(_settle, future, exc))
 
 
-class RevocationListener:
-    """Applies the control topic's events (``revoked``, ``consent.changed``) from every replica
-    to this one (a thread reading every partition from the earliest retained record).
+class TopicFollower:
+    """Follows one topic into this replica: a thread reads every partition from the earliest
+    retained record and hands each event to ``apply``.
 
-    The same reader follows the RIS's worklist topic (``decode``: that topic's own record
-    format, given the record's value, headers and key; ``label`` names the topic in logs and
-    readiness). A record ``decode`` refuses (:class:`~broker.audit.cloudevents.PoisonRecord`) is
-    counted in :attr:`rejected` and never applied.
+    It serves the control topic (``revoked``, ``consent.changed``, from every replica and the
+    hospital's systems), the RIS's worklist topic and the fingerprint topic. ``decode`` turns a
+    record's value, headers and key into what ``apply`` takes (default: a CloudEvent into an
+    :class:`~broker.audit.events.AuditEvent`); a record it refuses
+    (:class:`~broker.audit.cloudevents.PoisonRecord`) is counted in :attr:`rejected` and never
+    applied. ``label`` names the topic in logs and readiness.
 
     No consumer group: every replica reads everything and commits nothing, so the partitions are
     assigned by hand (a group would only add rebalances, during which nothing is applied). New
     partitions are picked up within ``_PARTITIONS_EVERY_SECONDS`` (a missing topic is looked for
-    every second: nothing to wait for until it exists). :attr:`caught_up` turns true
-    once the listener has read every partition up to the end offset it saw when it was first
-    assigned them: until then the replica is not ready, so its first request already refuses a
-    link revoked before it started. The RIS's worklist and the fingerprint topic are read the
-    same way (``label``, ``name``; the worklist with a ``decode`` of its own).
+    every second: nothing to wait for until it exists). :attr:`caught_up` turns true once the
+    follower has read every partition up to the end offset it saw when it was first assigned
+    them: until then the replica is not ready, so its first request already refuses a link
+    revoked before it started.
     """
 
     _PARTITIONS_EVERY_SECONDS = 10.0

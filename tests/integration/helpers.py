@@ -9,7 +9,7 @@ import html
 import re
 import struct
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import requests
@@ -17,7 +17,9 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_auth
 from requests.auth import HTTPBasicAuth
 
+from broker.config import Settings
 from broker.links.token import LinkClaims
+from devstack._procs import free_port
 from devstack.services import Service
 
 # Dev-only values from devstack/resources/keycloak/*.json.
@@ -185,3 +187,43 @@ def orthanc_dicomweb(orthanc: Service) -> DICOMwebClient:
     if orthanc.extra.get("tls") == "mutual":
         session.cert = (str(orthanc.extra["client_cert"]), str(orthanc.extra["client_key"]))
     return DICOMwebClient(url=orthanc.endpoints["dicomweb"], session=session)
+
+
+class Served(Protocol):
+    """A broker running for a test (``conftest.serve``): all the helpers need is its URL."""
+
+    url: str
+
+
+def decision(live: Served, bearer: str, study_uid: str) -> httpx.Response:
+    """``POST /api/decisions`` for ``study_uid``, asked with ``bearer``."""
+    return httpx.post(
+        f"{live.url}/api/decisions",
+        json={"study_uid": study_uid},
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=30,
+    )
+
+
+def decided(live: Served, bearer: str, study_uid: str) -> dict[str, Any]:
+    """The decision's body; anything but a 200 fails the test with the broker's answer."""
+    answer = decision(live, bearer, study_uid)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def seconds_until_decided(
+    live: Served, bearer: str, study_uid: str, *, allow: bool, limit: float = 10.0
+) -> float:
+    """Seconds until ``live`` decides ``allow`` for the study (fails after ``limit``)."""
+    started = time.monotonic()
+    while decided(live, bearer, study_uid)["allow"] is not allow:
+        assert time.monotonic() - started < limit, f"{live.url} never decided allow={allow}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def replica_settings() -> Settings:
+    """The settings of one more broker replica: the environment's, on a port of its own."""
+    return Settings(public_url=f"http://127.0.0.1:{free_port()}")

@@ -41,8 +41,8 @@ from streams.ledger import LedgerConsumer, load_private_key
 from streams.ledger_store import LedgerStore
 from streams.merkle import leaf_hash, verify_inclusion
 from streams.runner import ConsumerRunner
-from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token
+from tests.integration.conftest import serve
+from tests.integration.helpers import decision, password_token
 
 pytestmark = pytest.mark.integration
 
@@ -70,15 +70,6 @@ def topics(broker_env: dict[str, str]) -> Iterator[dict[str, str]]:
         yield names
 
 
-def decide(live: LiveBroker, bearer: str, study: str = "stolaf-ct-chest") -> httpx.Response:
-    return httpx.post(
-        f"{live.url}/api/decisions",
-        json={"study_uid": STUDY[study]},
-        headers={"Authorization": f"Bearer {bearer}"},
-        timeout=30,
-    )
-
-
 def run_ledger(kafka: Service, topic: str, db: Path, key_path: Path) -> LedgerConsumer:
     store = LedgerStore(db)
     ledger = LedgerConsumer(store, load_private_key(key_path, create=True), head_every_leaves=10**9)
@@ -99,7 +90,7 @@ def test_request_event_topic_and_inclusion_proof(
     stack: Stack, topics: dict[str, str], tmp_path: Path
 ) -> None:
     with serve(Settings()) as live:
-        response = decide(live, token(stack, "ada"))
+        response = decision(live, token(stack, "ada"), STUDY["stolaf-ct-chest"])
     assert response.status_code == 200, response.text
     decision_id = response.json()["decision_id"]
     kafka = stack.services["kafka"]
@@ -148,13 +139,18 @@ def test_kafka_outage_grants_nothing_and_loses_nothing(
     outcomes: dict[str, list[httpx.Response]] = {}
     try:
         with mock.patch.dict(os.environ, env), serve(Settings()) as live:
-            burst = lambda: list(ThreadPoolExecutor(8).map(lambda _: decide(live, ada), range(16)))  # noqa: E731
+            chest = STUDY["stolaf-ct-chest"]
+
+            def burst() -> list[httpx.Response]:
+                asks = ThreadPoolExecutor(8).map(lambda _: decision(live, ada, chest), range(16))
+                return list(asks)
+
             outcomes["before"] = burst()
             kafka.stop()
             outcomes["during"] = burst()
             kafka = services.start_kafka(tmp_path / "own", fresh=False)
             deadline = time.monotonic() + 60
-            while decide(live, ada).status_code != 200:
+            while decision(live, ada, chest).status_code != 200:
                 assert time.monotonic() < deadline, (
                     "the broker never recovered after Kafka came back"
                 )
@@ -495,7 +491,7 @@ def test_consent_change_on_the_stream_is_enforced(stack: Stack, topics: dict[str
     ada = token(stack, "ada")
     study = STUDY["stolaf-ct-chest"]
     with serve(Settings()) as live:
-        assert decide(live, ada).json()["allow"] is True
+        assert decision(live, ada, STUDY["stolaf-ct-chest"]).json()["allow"] is True
         change = AuditEvent(
             kind=EventKind.CONSENT_CHANGED,
             outcome=Outcome.SUCCESS,
@@ -515,7 +511,7 @@ def test_consent_change_on_the_stream_is_enforced(stack: Stack, topics: dict[str
 
         asyncio.run(publish())
         deadline = time.monotonic() + 15
-        while (result := decide(live, ada).json())["allow"]:
+        while (result := decision(live, ada, STUDY["stolaf-ct-chest"]).json())["allow"]:
             assert time.monotonic() < deadline, "the consent change never reached the broker"
             time.sleep(0.2)
         assert [r["code"] for r in result["reasons"]] == ["consent_denied"]

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -30,9 +29,7 @@ from fhir.resources.R4B.reference import Reference
 from kafka import KafkaConsumer
 
 from broker.audit.cloudevents import from_record
-from broker.config import Settings
 from broker.fhir.consent import EXTERNAL_READING, PRIVACY_SCOPE
-from devstack._procs import free_port
 from devstack.kafka_cluster import CONSUMER, client_kwargs, kafka_env
 from devstack.samples import sample_studies
 from devstack.stack import Stack
@@ -40,7 +37,12 @@ from streams.ledger import load_private_key
 from streams.ledger_store import SignedTreeHead
 from streams.merkle import verify_inclusion
 from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token
+from tests.integration.helpers import (
+    decided,
+    password_token,
+    replica_settings,
+    seconds_until_decided,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,27 +84,6 @@ def consent(patient_id: str, provision: str, facility: str = "st-olaf") -> dict[
     return body
 
 
-def decide(live: LiveBroker, bearer: str) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{live.url}/api/decisions",
-        json={"study_uid": CHEST.study_uid},
-        headers={"Authorization": f"Bearer {bearer}"},
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    result: dict[str, Any] = answer.json()
-    return result
-
-
-def wait_for(live: LiveBroker, bearer: str, allow: bool, seconds: float = 10.0) -> float:
-    """Seconds until ``live`` decides ``allow`` for ada's study."""
-    started = time.monotonic()
-    while decide(live, bearer)["allow"] is not allow:
-        assert time.monotonic() - started < seconds, f"{live.url} never decided allow={allow}"
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 @pytest.fixture
 def replicas(broker_env: dict[str, str]) -> Iterator[list[LiveBroker]]:
     """Two replicas on fresh audit and control topics, with one pseudonym key (as in production)."""
@@ -114,10 +95,7 @@ def replicas(broker_env: dict[str, str]) -> Iterator[list[LiveBroker]]:
         "TELERAD_PSEUDONYM_KEY": base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode(),
     }
     with mock.patch.dict(os.environ, env), ExitStack() as stack:
-        yield [
-            stack.enter_context(serve(Settings(public_url=f"http://127.0.0.1:{free_port()}")))
-            for _ in range(2)
-        ]
+        yield [stack.enter_context(serve(replica_settings())) for _ in range(2)]
 
 
 def fhir(live: LiveBroker, method: str, path: str, bearer: str | None, **kw: Any) -> httpx.Response:
@@ -133,7 +111,7 @@ def test_a_refusal_recorded_through_fhir_is_enforced_on_every_replica(
     a, b = replicas
     ada = password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
     registry = registry_token(stack)
-    assert decide(a, ada)["allow"] and decide(b, ada)["allow"]
+    assert decided(a, ada, CHEST.study_uid)["allow"] and decided(b, ada, CHEST.study_uid)["allow"]
 
     recorded = fhir(a, "POST", "/Consent", registry, json=consent("SO-0001", "deny"))
     assert recorded.status_code == 201, recorded.text
@@ -144,12 +122,14 @@ def test_a_refusal_recorded_through_fhir_is_enforced_on_every_replica(
     assert stored["patient"]["identifier"]["system"] == "urn:telerad:patient-pseudonym"
 
     # within a second on an idle machine (tens of ms here); 3 s leaves room for a loaded one
-    on_a, on_b = wait_for(a, ada, allow=False, seconds=3), wait_for(b, ada, allow=False, seconds=3)
+    on_a, on_b = (
+        seconds_until_decided(r, ada, CHEST.study_uid, allow=False, limit=3) for r in (a, b)
+    )
     print(
         f"\nconsent refusal in force: {on_a * 1000:.0f} ms on the replica that recorded it, "
         f"{on_b * 1000:.0f} ms on the other"
     )
-    assert [r["code"] for r in decide(b, ada)["reasons"]] == ["consent_denied"]
+    assert [r["code"] for r in decided(b, ada, CHEST.study_uid)["reasons"]] == ["consent_denied"]
     link = httpx.post(
         f"{b.url}/api/links",
         json={"study_uid": CHEST.study_uid},
@@ -167,13 +147,15 @@ def test_a_refusal_recorded_through_fhir_is_enforced_on_every_replica(
     assert found.status_code == 200 and found.json()["total"] == 1, found.text
 
     # a replica started afterwards learns it from the control topic
-    with serve(Settings(public_url=f"http://127.0.0.1:{free_port()}")) as late:
-        print(f"late replica: refusal in force after {wait_for(late, ada, allow=False):.2f} s")
+    with serve(replica_settings()) as late:
+        took = seconds_until_decided(late, ada, CHEST.study_uid, allow=False)
+        print(f"late replica: refusal in force after {took:.2f} s")
 
     permitted = fhir(b, "POST", "/Consent", registry, json=consent("SO-0001", "permit"))
     assert permitted.status_code == 201, permitted.text
-    print(f"permit in force after {wait_for(a, ada, allow=True, seconds=3) * 1000:.0f} ms")
-    wait_for(b, ada, allow=True, seconds=3)
+    took = seconds_until_decided(a, ada, CHEST.study_uid, allow=True, limit=3)
+    print(f"permit in force after {took * 1000:.0f} ms")
+    seconds_until_decided(b, ada, CHEST.study_uid, allow=True, limit=3)
     listed = fhir(
         a, "GET", "/Consent", registry, params={"patient": "SO-0001", "facility": "st-olaf"}
     )
@@ -272,6 +254,6 @@ def test_who_may_not_record_consent_gets_an_operation_outcome(
         assert answer.status_code == status, (name, answer.text)
         assert answer.json()["resourceType"] == "OperationOutcome", name
         assert answer.headers["content-type"].startswith("application/fhir+json"), name
-    assert decide(a, ada)["allow"]  # nothing refused changed anything
+    assert decided(a, ada, CHEST.study_uid)["allow"]  # nothing refused changed anything
     metadata = httpx.get(f"{a.url}/fhir/metadata", timeout=30)
     assert metadata.json()["resourceType"] == "CapabilityStatement"

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
-import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
@@ -30,8 +29,8 @@ from devstack.kafka_cluster import BROKER, CONSUMER, INTRUDER, client_kwargs
 from devstack.samples import sample_studies
 from devstack.services import Service
 from devstack.stack import Stack
-from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token
+from tests.integration.conftest import serve
+from tests.integration.helpers import decided, password_token
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +48,6 @@ def control_topic(broker_env: dict[str, str]) -> Iterator[str]:
     }
     with mock.patch.dict(os.environ, names):
         yield names["TELERAD_KAFKA__REVOCATION_TOPIC"]
-
-
-def _decide(live: LiveBroker, bearer: str, study: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{live.url}/api/decisions",
-        json={"study_uid": STUDY[study]},
-        headers={"Authorization": f"Bearer {bearer}"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def _forgeries() -> list[AuditEvent]:
@@ -117,7 +104,7 @@ def test_forged_control_events_are_refused_and_change_nothing(
     kafka = stack.services["kafka"]
     ada = password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
     with serve(Settings()) as live:
-        before = {s: _decide(live, ada, s) for s in ("stolaf-ct-optout", "stolaf-ct-chest")}
+        before = {s: decided(live, ada, STUDY[s]) for s in ("stolaf-ct-optout", "stolaf-ct-chest")}
         assert before["stolaf-ct-optout"]["allow"] is False
         assert [r["code"] for r in before["stolaf-ct-optout"]["reasons"]] == ["consent_denied"]
         assert before["stolaf-ct-chest"]["allow"] is True
@@ -133,8 +120,8 @@ def test_forged_control_events_are_refused_and_change_nothing(
         assert refused["a valid SCRAM user with no grants"] in authorization
 
         time.sleep(3)  # the replica polls the control topic every 250 ms
-        assert _decide(live, ada, "stolaf-ct-optout")["allow"] is False
-        assert _decide(live, ada, "stolaf-ct-chest")["allow"] is True
+        assert decided(live, ada, STUDY["stolaf-ct-optout"])["allow"] is False
+        assert decided(live, ada, STUDY["stolaf-ct-chest"])["allow"] is True
 
         consumer = KafkaConsumer(
             control_topic,
@@ -152,6 +139,6 @@ def test_forged_control_events_are_refused_and_change_nothing(
         # are what kept the decision unchanged.
         _publish(client_kwargs(kafka, BROKER), control_topic, _forgeries()[:1])
         deadline = time.monotonic() + 15
-        while not _decide(live, ada, "stolaf-ct-optout")["allow"]:
+        while not decided(live, ada, STUDY["stolaf-ct-optout"])["allow"]:
             assert time.monotonic() < deadline, "an authorized consent change was not applied"
             time.sleep(0.3)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,15 +22,20 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from broker.config import Settings
 from broker.worklist import WorklistEvent, WorklistKind, to_record
 from devstack import services
-from devstack._procs import free_port
 from devstack.kafka_cluster import BROKER, CONSUMER, INTRUDER, RIS, client_kwargs, kafka_env
 from devstack.samples import sample_studies
 from devstack.stack import Stack, repo_root
-from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import browser_login, password_token, publish_worklist
+from tests.integration.conftest import serve
+from tests.integration.helpers import (
+    browser_login,
+    decided,
+    password_token,
+    publish_worklist,
+    replica_settings,
+    seconds_until_decided,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,26 +50,6 @@ EVE = "npi:1000000001"
 def assign(stack: Stack, topic: str, readers: list[str], **fields: Any) -> None:
     """Publish the RIS's assignment of the study under test (at its facility)."""
     publish_worklist(stack, topic, J2K.study_uid, readers, facility=J2K.facility, **fields)
-
-
-def decide(live: LiveBroker, bearer: str, study_uid: str = J2K.study_uid) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{live.url}/api/decisions",
-        json={"study_uid": study_uid},
-        headers={"Authorization": f"Bearer {bearer}"},
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
-    result: dict[str, Any] = answer.json()
-    return result
-
-
-def seconds_until(live: LiveBroker, bearer: str, allow: bool, limit: float = 10.0) -> float:
-    started = time.monotonic()
-    while decide(live, bearer)["allow"] is not allow:
-        assert time.monotonic() - started < limit, f"{live.url} never decided allow={allow}"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -85,10 +69,6 @@ def worklist(broker_env: dict[str, str], tmp_path: Any) -> Iterator[str]:
         opa.stop()
 
 
-def replica() -> Settings:
-    return Settings(public_url=f"http://127.0.0.1:{free_port()}")
-
-
 @pytest.fixture
 def eve(stack: Stack) -> str:
     return password_token(stack.services["keycloak"].endpoints["hospital-a"], "ada")
@@ -99,18 +79,18 @@ class TestAssignment:
         self, stack: Stack, worklist: str, eve: str
     ) -> None:
         with ExitStack() as running:
-            replicas = [running.enter_context(serve(replica())) for _ in range(2)]
-            assert [decide(r, eve)["allow"] for r in replicas] == [False, False]
+            replicas = [running.enter_context(serve(replica_settings())) for _ in range(2)]
+            assert [decided(r, eve, J2K.study_uid)["allow"] for r in replicas] == [False, False]
             assign(stack, worklist, [EVE], reader=EVE)
-            took = [seconds_until(r, eve, True) for r in replicas]
+            took = [seconds_until_decided(r, eve, J2K.study_uid, allow=True) for r in replicas]
             print(f"assignment in force after {took} s")  # shown with -s
             assert max(took) < 1.0, took
-            reasons = [c["code"] for c in decide(replicas[1], eve)["reasons"]]
+            reasons = [c["code"] for c in decided(replicas[1], eve, J2K.study_uid)["reasons"]]
             assert "assigned_on_worklist" in reasons
             assign(stack, worklist, [], reader=EVE)
-            took = [seconds_until(r, eve, False) for r in replicas]
+            took = [seconds_until_decided(r, eve, J2K.study_uid, allow=False) for r in replicas]
             assert max(took) < 1.0, took
-            refused = decide(replicas[0], eve)
+            refused = decided(replicas[0], eve, J2K.study_uid)
             assert [c["code"] for c in refused["reasons"]] == ["not_assigned"], refused
 
     def test_a_replica_started_later_decides_the_same_from_its_first_request(
@@ -118,17 +98,17 @@ class TestAssignment:
     ) -> None:
         assign(stack, worklist, [EVE, "npi:1000000005"])
         assign(stack, worklist, [EVE], kind="unassigned", reader="npi:1000000005")
-        with serve(replica()) as late:
+        with serve(replica_settings()) as late:
             ready = httpx.get(f"{late.url}/readyz", timeout=30).json()
             assert ready["checks"]["worklist-topic"]["ready"] is True, ready
             assert "2 applied" in ready["checks"]["worklist-topic"]["detail"], ready
-            assert decide(late, eve)["allow"] is True
+            assert decided(late, eve, J2K.study_uid)["allow"] is True
 
     async def test_the_worklist_page_lists_the_assigned_study_with_its_priority(
         self, stack: Stack, worklist: str
     ) -> None:
         assign(stack, worklist, [EVE], priority="stat")
-        with serve(replica()) as live:
+        with serve(replica_settings()) as live:
             async with httpx.AsyncClient(timeout=30) as client:
 
                 async def plain_http_cookies(_: httpx.Response) -> None:
@@ -192,10 +172,10 @@ class TestForgedAndMalformed:
             producer.send(worklist, key=key, value=b"{", headers=headers).get(timeout=10)
         finally:
             producer.close(5)
-        with serve(replica()) as live:
+        with serve(replica_settings()) as live:
             listener = live.app.state.telerad.worklist_listener
             assert (listener.applied, listener.rejected) == (1, 2)
-            assert decide(live, eve)["allow"] is True
+            assert decided(live, eve, J2K.study_uid)["allow"] is True
 
         # the checker, as the consumers' principal: both bad records on the dead-letter topic,
         # each with its reason and origin; the good one is not

@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from broker.app import create_app
     from broker.config import Settings, check_environment
+    from broker.server import server_config
 
     try:
         check_environment()
@@ -45,15 +46,9 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, ValidationError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"telerad: configuration error: {_config_message(exc)}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        server_header=False,
-    )
-    return 0
+    server = uvicorn.Server(server_config(app, settings))
+    server.run()
+    return 0 if server.started else 3  # 3: it never started (uvicorn's code; port taken, …)
 
 
 def _config_message(exc: Exception) -> str:

@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Mapping
 from functools import lru_cache
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     field_validator,
     model_validator,
@@ -334,6 +336,12 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (the ingress controller's
+    # addresses or networks): the client address in audit events, the policy input and the
+    # login limits is then the browser's. Anyone else's forwarding headers are ignored.
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [ip_network("127.0.0.1/32")]
+    )
     # Prometheus /metrics on a listener of its own (same host), never on ``port``: an Ingress
     # on the broker's "/" cannot expose it. 0 picks a free port (tests); None (in code): none.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = 9464

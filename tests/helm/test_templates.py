@@ -422,6 +422,12 @@ class TestBrokerDeployment:
                 continue
             assert container["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-env"}}], name
 
+    def test_trusted_proxies_only_when_set(self, rendered: dict[str, Rendered]) -> None:
+        production = rendered["production"].get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert json.loads(production["TELERAD_TRUSTED_PROXIES"]) == ["10.42.0.0/16"]
+        minimal = rendered["minimal"].get("ConfigMap", f"{RELEASE}-env")["data"]
+        assert "TELERAD_TRUSTED_PROXIES" not in minimal  # the broker's default: loopback only
+
     def test_facts_from_a_secret(self, rendered: dict[str, Rendered]) -> None:
         broker = rendered["production"].broker()
         container = rendered["production"].container(broker, "broker")

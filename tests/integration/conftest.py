@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from broker.app import create_app
 from broker.audit import MemorySink
 from broker.config import Settings
+from broker.server import server_config
 from devstack._procs import free_port
 from devstack.stack import Stack
 
@@ -96,9 +97,8 @@ def serve(settings: Settings, audit: MemorySink | None = None) -> Iterator[LiveB
     app = create_app(settings, audit=audit)
     url = str(settings.public_url).rstrip("/")
     port = int(url.rsplit(":", 1)[1])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    served = settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    server = uvicorn.Server(server_config(app, served, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

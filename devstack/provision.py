@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from broker.pages.ohif_package import (
@@ -41,6 +42,7 @@ __all__ = [
     "cache_dir",
     "chromium_binary",
     "container_tools",
+    "debian_packages",
     "ensure_all",
     "go_tool",
     "kafka_classpath",
@@ -375,13 +377,50 @@ def _java_major(home: Path) -> int:
 
 
 def ensure_all(*, tools: Sequence[str] = ("opa",)) -> None:
-    """Provision every part of the stack (and the named Go tools) so later starts are quick."""
-    for name in tools:
-        go_tool(name)
-    kafka_classpath()
-    keycloak_home()
+    """Provision every part of the stack (and the named Go tools) so later starts are quick.
+
+    Three kinds of work run side by side, since they wait on different things: the Debian
+    packages (one ``apt-get`` run for all that are missing), the Go builds (CPU) and the
+    downloads from Maven Central and npm (network). The first failure is raised once all three
+    have stopped; what finished stays in the cache.
+    """
+    jobs: dict[str, Callable[[], object]] = {
+        "Debian packages": debian_packages,
+        "Go tools": lambda: [go_tool(name) for name in tools],
+        "Maven Central and npm": lambda: (kafka_classpath(), keycloak_home(), ohif_dist()),
+    }
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="provision") as pool:
+        running = {name: pool.submit(job) for name, job in jobs.items()}
+    failures = [(name, exc) for name, f in running.items() if (exc := f.exception()) is not None]
+    for name, exc in failures[1:]:
+        progress(f"provisioning ({name}) failed too: {exc}")
+    if failures:
+        raise failures[0][1]
     orthanc_binary()
     orthanc_openssl3_shim()
-    ohif_dist()
     chromium_binary()
     container_tools()
+
+
+def _missing_debian_packages() -> list[str]:
+    """The Debian packages the stack needs that this machine lacks."""
+
+    def present(*paths: str) -> bool:
+        return any(Path(p).exists() or shutil.which(Path(p).name) for p in paths)
+
+    wanted = {
+        "orthanc": present("/usr/sbin/Orthanc"),
+        "orthanc-dicomweb": Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists(),
+        "chromium": Path("/usr/bin/chromium").exists(),
+        "docker.io": present("/usr/sbin/dockerd"),
+        "debootstrap": present("/usr/sbin/debootstrap"),
+        "gcc": bool(shutil.which("cc") or shutil.which("gcc")),  # Orthanc's OpenSSL 3 shim
+    }
+    return [package for package, found in wanted.items() if not found]
+
+
+def debian_packages() -> None:
+    """Install every missing Debian package the stack needs in one ``apt-get`` run."""
+    missing = _missing_debian_packages()
+    if missing:
+        _apt_install(missing, what=f"installing {', '.join(missing)} from Debian")

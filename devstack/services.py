@@ -430,7 +430,7 @@ def _keycloak_run_home(dist: Path, home: Path) -> Path:
     return home
 
 
-def start_keycloak(run_dir: Path, *, timeout: float = 240.0) -> Service:
+def start_keycloak(run_dir: Path, *, timeout: float = 360.0) -> Service:
     """Keycloak in dev mode with the telerad realms imported into a fresh in-memory database."""
     dist = provision.keycloak_home()
     java_home = provision.java_home(21)

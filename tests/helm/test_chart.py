@@ -40,9 +40,9 @@ class TestRender:
     def test_minimal_renders_the_expected_objects(self, rendered: dict[str, Rendered]) -> None:
         assert rendered["minimal"].kinds() == sorted(
             ["ConfigMap"] * 2
-            + ["Deployment"] * 3  # broker, alerts, export
-            + ["NetworkPolicy"] * 5  # deny-all, broker, ledger, alerts, export
-            + ["PersistentVolumeClaim"]  # export
+            + ["Deployment"] * 4  # broker, alerts, export, integrity watcher
+            + ["NetworkPolicy"] * 6  # deny-all, broker, ledger, alerts, export, watcher
+            + ["PersistentVolumeClaim"] * 2  # export, the watcher's cursor
             + ["PodDisruptionBudget"]  # 2 replicas by default
             + ["Service"] * 2  # broker, ledger (headless)
             + ["ServiceAccount"] * 2
@@ -99,6 +99,30 @@ def _refusals() -> list[Any]:
             {"secrets": {"kafkaConsumers": {"username": ""}}},
             "secrets.kafkaConsumers.username is required",
             id="kafka-no-consumer-scram-user",
+        ),
+        pytest.param(
+            "minimal",
+            {"secrets": {"kafkaIntegrity": {"existingSecret": ""}}},
+            "secrets.kafkaIntegrity.existingSecret is required",
+            id="kafka-no-integrity-user-secret",
+        ),
+        pytest.param(
+            "minimal",
+            {"secrets": {"kafkaIntegrity": {"username": ""}}},
+            "secrets.kafkaIntegrity.username is required",
+            id="kafka-no-integrity-scram-user",
+        ),
+        pytest.param(
+            "minimal",
+            {"integrity": {"watch": {"persistence": {"enabled": False}}}},
+            "integrity.watch.persistence.enabled=false is not allowed in production",
+            id="integrity-cursor-on-an-emptydir-in-production",
+        ),
+        pytest.param(
+            "minimal",
+            {"integrity": {"verify": {"enabled": True}}, "audit": {"ledger": {"enabled": False}}},
+            "integrity.verify.enabled needs audit.ledger.enabled",
+            id="integrity-sweep-without-ledger",
         ),
         pytest.param(
             "minimal",

@@ -205,6 +205,7 @@ class TestSettingsDrift:
                 "TELERAD_STREAMS__LEDGER_PATH",
                 "TELERAD_STREAMS__LEDGER_KEY_PATH",
                 "TELERAD_STREAMS__EXPORT_DIR",
+                "TELERAD_STREAMS__INTEGRITY_CURSOR_PATH",
                 "TELERAD_FACTS_FILE",
             ):
                 if name in env:
@@ -212,6 +213,68 @@ class TestSettingsDrift:
                         name,
                         env[name],
                     )
+
+    def test_the_integrity_watcher_reads_the_pacs_as_the_broker_does(
+        self, rendered: dict[str, Rendered], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        r = rendered["production"]
+        watcher = r.get("Deployment", f"{RELEASE}-integrity-watch")
+        container = r.container(watcher, "watch")
+        mount = secret_files(watcher, container, tmp_path)
+        assert mount is not None
+        env = container_env(r, watcher, container)
+        settings = build_settings(monkeypatch, env, tmp_path)
+        assert settings.streams.integrity_cursor_path == Path(
+            "/var/lib/telerad/integrity/cursor.json"
+        )
+        assert settings.streams.health_port == 8081
+        assert settings.pacs.username == "telerad-broker"
+        assert settings.pacs.password is not None
+        assert settings.pacs.password.get_secret_value() == "dummy-pacs-password"
+        assert settings.kafka.sasl_username == "telerad-integrity"
+        assert settings.kafka.fingerprint_topic == "telerad.fingerprints.v1"
+
+
+def _cronjob_containers(rendered: Rendered) -> list[tuple[Doc, Doc]]:
+    """(pod-like workload, container) of every CronJob: the Job template as the workload."""
+    out = []
+    for cronjob in rendered.all("CronJob"):
+        pod = {"spec": {"template": cronjob["spec"]["jobTemplate"]["spec"]["template"]}}
+        for container in pod["spec"]["template"]["spec"]["containers"]:
+            out.append((pod, container))
+    return out
+
+
+class TestScheduledJobs:
+    """The CronJobs (ledger backups, the integrity sweep) start with settings Settings accepts."""
+
+    def test_every_cronjob_env_is_accepted(
+        self, rendered: dict[str, Rendered], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        r = rendered["production"]
+        jobs = _cronjob_containers(r)
+        assert len(jobs) == 2, "the production scenario backs up and sweeps"
+        for i, (pod, container) in enumerate(jobs):
+            env = container_env(r, pod, container)
+            assert not unknown_names(env), unknown_names(env)
+            directory = tmp_path / str(i)
+            directory.mkdir()
+            mount = secret_files(pod, container, directory)
+            settings = build_settings(monkeypatch, env, directory if mount else None)
+            mounts = [m["mountPath"] for m in container["volumeMounts"]]
+            assert any(str(settings.streams.ledger_path).startswith(m + "/") for m in mounts)
+
+    def test_the_sweep_gets_its_rate_and_the_pacs_password(
+        self, rendered: dict[str, Rendered], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        r = rendered["production"]
+        ((pod, container),) = [
+            (p, c) for p, c in _cronjob_containers(r) if c["args"] == ["integrity", "verify"]
+        ]
+        assert secret_files(pod, container, tmp_path) is not None
+        settings = build_settings(monkeypatch, container_env(r, pod, container), tmp_path)
+        assert settings.streams.integrity_sweep_per_second == 20
+        assert settings.pacs.password is not None
 
 
 class TestTheDriftCheck:

@@ -152,9 +152,19 @@ class TestSecrets:
     def test_only_the_broker_container_sees_the_secrets(
         self, rendered: dict[str, Rendered]
     ) -> None:
-        for name, container in rendered["production"].containers():
-            mounts = {m["name"] for m in container["volumeMounts"]}
-            assert ("secrets" in mounts) == (name == f"{RELEASE}/broker"), name
+        production = rendered["production"]
+        seeing = {}
+        for workload in production.workloads():
+            volumes = {v["name"]: v for v in _pod(workload)["volumes"]}
+            for container in _pod(workload)["containers"]:
+                if any(m["name"] == "secrets" for m in container["volumeMounts"]):
+                    sources = volumes["secrets"]["projected"]["sources"]
+                    files = {i["path"] for s in sources for i in s["secret"]["items"]}
+                    seeing[f"{workload['metadata']['name']}/{container['name']}"] = files
+        # the integrity watcher reads the PACS too: its secrets directory holds that password
+        # and nothing of the broker's keys
+        assert seeing.pop(f"{RELEASE}-integrity-watch/watch") == {"TELERAD_PACS"}
+        assert list(seeing) == [f"{RELEASE}/broker"]
 
     def test_ledger_key_is_mounted_read_only_from_its_secret(
         self, rendered: dict[str, Rendered]
@@ -534,6 +544,7 @@ class TestAuditConsumers:
         assert args == {
             f"{RELEASE}-audit-ledger": ["audit", "ledger", "--group", "telerad-ledger"],
             f"{RELEASE}-audit-alerts": ["audit", "alerts", "--group", "telerad-alerts"],
+            f"{RELEASE}-integrity-watch": ["integrity", "watch"],
             f"{RELEASE}-audit-export": [
                 "audit",
                 "export",
@@ -551,7 +562,7 @@ class TestAuditConsumers:
     def test_probes_use_the_health_port(self, chart: Chart) -> None:
         rendered = chart.template("production", {"audit": {"health": {"port": 8090}}})
         consumers = [w for w in rendered.workloads() if w["metadata"]["name"] != RELEASE]
-        assert len(consumers) == 3
+        assert len(consumers) == 4  # ledger, alerts, export, the integrity watcher
         for workload in consumers:
             container = _pod(workload)["containers"][0]
             name = workload["metadata"]["name"]
@@ -571,7 +582,7 @@ class TestAuditConsumers:
             {"audit": {"ledger": {"backup": {"enabled": True, "existingClaim": "backups"}}}},
         )
         jobs = [d for d in rendered.docs if d["kind"] == "CronJob"]
-        assert len(jobs) == 1
+        assert len(jobs) == 2  # the backups and the production scenario's integrity sweep
         for job in jobs:
             container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
             assert "livenessProbe" not in container
@@ -602,10 +613,12 @@ class TestAuditConsumers:
         assert f"{RELEASE}-audit-alerts" not in policies
 
     def test_export_volume(self, chart: Chart, rendered: dict[str, Rendered]) -> None:
-        claim = rendered["minimal"].get("PersistentVolumeClaim")
+        claim = rendered["minimal"].get("PersistentVolumeClaim", f"{RELEASE}-audit-export")
         assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         off = chart.template("minimal", {"audit": {"export": {"persistence": {"enabled": False}}}})
-        assert off.all("PersistentVolumeClaim") == []
+        assert [c["metadata"]["name"] for c in off.all("PersistentVolumeClaim")] == [
+            f"{RELEASE}-integrity-watch"
+        ]
         export = off.get("Deployment", f"{RELEASE}-audit-export")
         assert {"name": "export", "emptyDir": {}} in _pod(export)["volumes"]
 
@@ -753,13 +766,14 @@ class TestTransportSecurityFiles:
             "TELERAD_PACS__TLS__KEY_FILE": "/var/run/secrets/telerad-pacs-tls/tls.key",
         }
 
-    def test_only_the_broker_container_sees_the_pacs_client_key(self, pacs_mtls: Rendered) -> None:
+    def test_only_the_pacs_readers_see_the_pacs_client_key(self, pacs_mtls: Rendered) -> None:
         seeing = [
             name
             for name, c in pacs_mtls.containers()
             if any(m["name"] == "pacs-tls" for m in c.get("volumeMounts", []))
         ]
-        assert seeing == [f"{RELEASE}/broker"]
+        # the integrity watcher reads the PACS as the broker does
+        assert sorted(seeing) == [f"{RELEASE}-integrity-watch/watch", f"{RELEASE}/broker"]
 
     def test_no_pacs_tls_without_its_secret(self, rendered: dict[str, Rendered]) -> None:
         for scenario in SCENARIOS:
@@ -816,3 +830,288 @@ class TestTransportSecurityFiles:
         self, chart: Chart, overrides: dict[str, Any], message: str
     ) -> None:
         assert message in chart.refusal("minimal", overrides)
+
+
+def _cronjob_pod(cronjob: Doc) -> dict[str, Any]:
+    spec: dict[str, Any] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
+
+
+def _component(doc: Doc) -> str:
+    return str(doc["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+class TestIntegrityWatcher:
+    """`telerad integrity watch`: the one writer of the fingerprints the broker checks reads by."""
+
+    NAME = f"{RELEASE}-integrity-watch"
+
+    def test_one_replica_recreated_running_the_watcher(self, rendered: dict[str, Rendered]) -> None:
+        for scenario in ("minimal", "production", "strimzi-mtls"):
+            watcher = rendered[scenario].get("Deployment", self.NAME)
+            assert watcher["spec"]["replicas"] == 1, scenario
+            assert watcher["spec"]["strategy"] == {"type": "Recreate"}, scenario
+            (container,) = _pod(watcher)["containers"]
+            assert container["args"] == ["integrity", "watch"], scenario
+            assert container["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-env"}}]
+            assert _pod(watcher)["serviceAccountName"] == f"{RELEASE}-audit"
+
+    def test_cursor_inside_its_volume(self, rendered: dict[str, Rendered]) -> None:
+        watcher = rendered["production"].get("Deployment", self.NAME)
+        container = _pod(watcher)["containers"][0]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "cursor"]
+        cursor = _env(container)["TELERAD_STREAMS__INTEGRITY_CURSOR_PATH"]
+        assert cursor.startswith(mount["mountPath"] + "/"), (cursor, mount)
+        assert mount.get("readOnly") is not True
+        volumes = {v["name"]: v for v in _pod(watcher)["volumes"]}
+        assert volumes["cursor"] == {
+            "name": "cursor",
+            "persistentVolumeClaim": {"claimName": self.NAME},
+        }
+        claim = rendered["production"].get("PersistentVolumeClaim", self.NAME)
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert claim["spec"]["storageClassName"] == "encrypted-ssd"
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "64Mi"
+
+    def test_existing_claim(self, chart: Chart) -> None:
+        rendered = chart.template(
+            "minimal", {"integrity": {"watch": {"persistence": {"existingClaim": "cursor-pvc"}}}}
+        )
+        names = [c["metadata"]["name"] for c in rendered.all("PersistentVolumeClaim")]
+        assert self.NAME not in names
+        volumes = {v["name"]: v for v in _pod(rendered.get("Deployment", self.NAME))["volumes"]}
+        assert volumes["cursor"]["persistentVolumeClaim"] == {"claimName": "cursor-pvc"}
+
+    def test_emptydir_outside_production_only(self, chart: Chart) -> None:
+        rendered = chart.template(
+            "minimal",
+            {
+                "config": {"environment": "development"},
+                "integrity": {"watch": {"persistence": {"enabled": False}}},
+            },
+        )
+        assert self.NAME not in [
+            c["metadata"]["name"] for c in rendered.all("PersistentVolumeClaim")
+        ]
+        volumes = {v["name"]: v for v in _pod(rendered.get("Deployment", self.NAME))["volumes"]}
+        assert volumes["cursor"] == {"name": "cursor", "emptyDir": {}}
+
+    def test_probes_on_the_health_port(self, chart: Chart) -> None:
+        rendered = chart.template(
+            "minimal",
+            {
+                "audit": {"health": {"port": 8090}},
+                "integrity": {"watch": {"healthStaleSeconds": 900}},
+            },
+        )
+        container = _pod(rendered.get("Deployment", self.NAME))["containers"][0]
+        assert container["ports"] == [{"name": "health", "containerPort": 8090, "protocol": "TCP"}]
+        assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+        env = _env(container)
+        assert env["TELERAD_STREAMS__HEALTH_PORT"] == "8090"
+        assert env["TELERAD_STREAMS__HEALTH_HOST"] == "0.0.0.0"  # noqa: S104
+        assert env["TELERAD_STREAMS__HEALTH_STALE_SECONDS"] == "900"
+
+    def test_its_own_kafka_user(self, rendered: dict[str, Rendered]) -> None:
+        production = rendered["production"]
+        watcher = production.get("Deployment", self.NAME)
+        env = _env(_pod(watcher)["containers"][0])
+        assert env["TELERAD_KAFKA__SASL_USERNAME"] == "telerad-integrity"
+        assert env["TELERAD_KAFKA__SASL_PASSWORD_FILE"] == (
+            "/var/run/secrets/telerad-kafka-user/password"
+        )
+        volumes = {v["name"]: v for v in _pod(watcher)["volumes"]}
+        assert volumes["kafka-user"]["secret"]["secretName"] == "telerad-integrity"
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "hospital-kafka-cluster-ca-cert"
+        mtls = rendered["strimzi-mtls"].get("Deployment", self.NAME)
+        env = _env(_pod(mtls)["containers"][0])
+        assert env["TELERAD_KAFKA__SSL_CERT_FILE"].endswith("/user.crt")
+        assert "TELERAD_KAFKA__SASL_USERNAME" not in env
+        volumes = {v["name"]: v for v in _pod(mtls)["volumes"]}
+        assert volumes["kafka-user"]["secret"]["secretName"] == "telerad-integrity"
+        assert [i["key"] for i in volumes["kafka-user"]["secret"]["items"]] == [
+            "user.crt",
+            "user.key",
+        ]
+
+    def test_pacs_password_and_tls_as_the_broker_gets_them(
+        self, chart: Chart, rendered: dict[str, Rendered]
+    ) -> None:
+        production = rendered["production"]
+        watcher = production.get("Deployment", self.NAME)
+        container = _pod(watcher)["containers"][0]
+        assert _env(container)["TELERAD_SECRETS_DIR"] == "/var/run/secrets/telerad"
+        volumes = {v["name"]: v for v in _pod(watcher)["volumes"]}
+        assert volumes["secrets"]["projected"] == {
+            "defaultMode": 0o440,
+            "sources": [
+                {
+                    "secret": {
+                        "name": "telerad-pacs",
+                        "items": [{"key": "pacs.json", "path": "TELERAD_PACS"}],
+                    }
+                }
+            ],
+        }
+        # no PACS password referenced: no secrets directory at all
+        minimal = _pod(rendered["minimal"].get("Deployment", self.NAME))
+        assert "secrets" not in {v["name"] for v in minimal["volumes"]}
+        assert "TELERAD_SECRETS_DIR" not in _env(minimal["containers"][0])
+        # the PACS's CA and client certificate: the broker's Secret, the broker's file names
+        pacs_mtls = chart.template("pacs-mtls")
+        broker_tls = {
+            k: v
+            for k, v in _env(pacs_mtls.container(pacs_mtls.broker(), "broker")).items()
+            if k.startswith("TELERAD_PACS__TLS__")
+        }
+        watcher = pacs_mtls.get("Deployment", self.NAME)
+        env = _env(_pod(watcher)["containers"][0])
+        assert {k: v for k, v in env.items() if k.startswith("TELERAD_PACS__TLS__")} == broker_tls
+        assert len(broker_tls) == 3
+        volumes = {v["name"]: v for v in _pod(watcher)["volumes"]}
+        assert volumes["pacs-tls"]["secret"]["secretName"] == "telerad-broker-pacs-client"
+
+    def test_egress_to_dns_kafka_and_the_pacs_only(self, rendered: dict[str, Rendered]) -> None:
+        spec = rendered["production"].get("NetworkPolicy", self.NAME)["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+            "integrity-watch"
+        )
+        assert spec["ingress"] == []
+        assert [[p["port"] for p in r["ports"]] for r in spec["egress"]] == [
+            [53, 53],
+            [9093],
+            [443],
+        ]
+        assert spec["egress"][2]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+
+    def test_a_change_of_its_secret_references_rolls_it(
+        self, chart: Chart, rendered: dict[str, Rendered]
+    ) -> None:
+        def annotations(r: Rendered) -> dict[str, str]:
+            result: dict[str, str] = r.get("Deployment", self.NAME)["spec"]["template"]["metadata"][
+                "annotations"
+            ]
+            return result
+
+        before = annotations(rendered["production"])
+        pacs = chart.template("production", {"secrets": {"pacs": {"existingSecret": "pacs-2"}}})
+        assert {k for k, v in annotations(pacs).items() if before[k] != v} == {
+            "checksum/secret-refs"
+        }
+        kafka = chart.template(
+            "production", {"secrets": {"kafkaIntegrity": {"existingSecret": "integrity-2"}}}
+        )
+        assert {k for k, v in annotations(kafka).items() if before[k] != v} == {
+            "checksum/kafka-refs"
+        }
+        # the consumers' pods do not roll for the watcher's Kafka user
+        ledger = f"{RELEASE}-audit-ledger"
+        assert (
+            kafka.get("StatefulSet", ledger)["spec"]["template"]["metadata"]["annotations"]
+            == rendered["production"].get("StatefulSet", ledger)["spec"]["template"]["metadata"][
+                "annotations"
+            ]
+        )
+
+    def test_disabled_renders_nothing(self, chart: Chart, rendered: dict[str, Rendered]) -> None:
+        # and then needs no Kafka user of its own
+        off = chart.template(
+            "minimal",
+            {
+                "integrity": {"watch": {"enabled": False}},
+                "secrets": {"kafkaIntegrity": {"username": "", "existingSecret": ""}},
+            },
+        )
+        assert [d for d in off.docs if _component(d).startswith("integrity")] == []
+        assert len(off.docs) == len(rendered["minimal"].docs) - 3  # Deployment, PVC, policy
+        assert [d for d in rendered["bundle"].docs if _component(d).startswith("integrity")] == []
+
+
+class TestIntegritySweep:
+    """`telerad integrity verify` on a schedule: off by default, on in the production scenario."""
+
+    NAME = f"{RELEASE}-integrity-verify"
+
+    def test_off_by_default(self, rendered: dict[str, Rendered]) -> None:
+        for scenario in ("minimal", "bundle", "strimzi-mtls"):
+            assert [d for d in rendered[scenario].docs if _component(d) == "integrity-verify"] == []
+
+    def test_a_bounded_sweep_that_fails_once_on_a_finding(
+        self, rendered: dict[str, Rendered]
+    ) -> None:
+        cronjob = rendered["production"].get("CronJob", self.NAME)
+        assert cronjob["spec"]["schedule"] == "41 2 * * *"
+        assert cronjob["spec"]["timeZone"] == "Etc/UTC"
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+        job = cronjob["spec"]["jobTemplate"]["spec"]
+        assert job["backoffLimit"] == 0
+        assert job["activeDeadlineSeconds"] == 21600
+        pod = _cronjob_pod(cronjob)
+        assert pod["restartPolicy"] == "Never"
+        (container,) = pod["containers"]
+        assert container["args"] == ["integrity", "verify"]
+        env = _env(container)
+        assert env["TELERAD_STREAMS__INTEGRITY_SWEEP_PER_SECOND"] == "20"
+        assert "livenessProbe" not in container
+        assert "TELERAD_STREAMS__HEALTH_PORT" not in env
+
+    def test_reads_the_ledger_on_its_node(self, rendered: dict[str, Rendered]) -> None:
+        production = rendered["production"]
+        ledger = production.get("StatefulSet", f"{RELEASE}-audit-ledger")
+        pod = _cronjob_pod(production.get("CronJob", self.NAME))
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (template,) = ledger["spec"]["volumeClaimTemplates"]
+        claim = f"{template['metadata']['name']}-{ledger['metadata']['name']}-0"
+        assert volumes["ledger"]["persistentVolumeClaim"] == {"claimName": claim}
+        container = pod["containers"][0]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "ledger"]
+        ledger_env = _env(_pod(ledger)["containers"][0])
+        assert (
+            _env(container)["TELERAD_STREAMS__LEDGER_PATH"]
+            == (ledger_env["TELERAD_STREAMS__LEDGER_PATH"])
+        )
+        assert _env(container)["TELERAD_STREAMS__LEDGER_PATH"].startswith(mount["mountPath"] + "/")
+        (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"] == ledger["spec"]["selector"]["matchLabels"]
+
+    def test_pacs_access_and_no_kafka(self, rendered: dict[str, Rendered]) -> None:
+        pod = _cronjob_pod(rendered["production"].get("CronJob", self.NAME))
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert set(volumes) == {"tmp", "ledger", "secrets"}
+        files = [
+            i["path"]
+            for s in volumes["secrets"]["projected"]["sources"]
+            for i in s["secret"]["items"]
+        ]
+        assert files == ["TELERAD_PACS"]
+        env = _env(pod["containers"][0])
+        assert not [k for k in env if k.startswith("TELERAD_KAFKA__")]
+        annotations = rendered["production"].get("CronJob", self.NAME)["spec"]["jobTemplate"][
+            "spec"
+        ]["template"]["metadata"]["annotations"]
+        assert {"checksum/env", "checksum/secret-refs"} == set(annotations)
+
+    def test_restricted_like_every_pod(self, rendered: dict[str, Rendered]) -> None:
+        pod = _cronjob_pod(rendered["production"].get("CronJob", self.NAME))
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        container = pod["containers"][0]
+        for key, wanted in _RESTRICTED.items():
+            assert container["securityContext"].get(key) == wanted, key
+        assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+        for mount in container["volumeMounts"]:
+            if mount["name"] == "secrets":
+                assert mount["readOnly"] is True
+
+    def test_egress_to_dns_and_the_pacs_only(self, rendered: dict[str, Rendered]) -> None:
+        spec = rendered["production"].get("NetworkPolicy", self.NAME)["spec"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+            "integrity-verify"
+        )
+        assert spec["ingress"] == []
+        assert [[p["port"] for p in r["ports"]] for r in spec["egress"]] == [[53, 53], [443]]

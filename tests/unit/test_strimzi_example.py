@@ -26,16 +26,27 @@ def test_example_topics_match_the_plan() -> None:
         assert {k: str(v) for k, v in example["config"].items()} == spec.configs, spec.name
 
 
-def test_only_the_broker_user_may_write_the_control_topic() -> None:
+def _writers(topic: str) -> set[str]:
     docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
-    control = Settings(environment="development").kafka.revocation_topic
-    writers = {
+    return {
         d["metadata"]["name"]
         for d in docs
         if d["kind"] == "KafkaUser"
         for acl in d["spec"]["authorization"]["acls"]
         if acl["resource"]["type"] == "topic"
-        and control.startswith(acl["resource"]["name"])
+        and topic.startswith(acl["resource"]["name"])
         and "Write" in acl["operations"]
     }
-    assert writers == {"telerad-broker"}
+
+
+def test_only_the_broker_user_may_write_the_control_topic() -> None:
+    assert _writers(Settings(environment="development").kafka.revocation_topic) == {
+        "telerad-broker"
+    }
+
+
+def test_only_the_integrity_watcher_may_write_the_fingerprint_topic() -> None:
+    kafka = Settings(environment="development").kafka
+    assert _writers(kafka.fingerprint_topic) == {"telerad-integrity"}
+    # its instance.stored events go to the audit topic, which the ledger reads
+    assert "telerad-integrity" in _writers(kafka.audit_topic)

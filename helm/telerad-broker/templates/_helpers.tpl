@@ -172,11 +172,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* The pod template of one audit consumer. Call with a dict: ctx, name (ledger|alerts|export),
-     args, env, mounts, volumes, annotations (extra checksums). */}}
+{{/* The pod template of one audit consumer, or of another `telerad` worker beside them (the
+     integrity watcher and sweep). Call with a dict: ctx, name (ledger|alerts|export), args, env,
+     mounts, volumes, annotations (extra checksums); optionally cfg (the values of the workload;
+     default audit.<name>), component (default audit-<name>), kafkaUser (the secrets.* Kafka user;
+     default kafkaConsumers, "" for a pod that does not speak to Kafka), probes, affinity,
+     restartPolicy. */}}
 {{- define "telerad.audit.podTemplate" -}}
 {{- $ctx := .ctx -}}
-{{- $kafka := include "telerad.kafkaAuth" (list $ctx "kafkaConsumers") | fromJson -}}
+{{- $kafkaUser := "kafkaConsumers" -}}
+{{- if hasKey . "kafkaUser" -}}
+{{- $kafkaUser = .kafkaUser -}}
+{{- end -}}
+{{- $kafka := dict "env" (list) "mounts" (list) "volumes" (list) -}}
+{{- if $kafkaUser -}}
+{{- $kafka = include "telerad.kafkaAuth" (list $ctx $kafkaUser) | fromJson -}}
+{{- end -}}
 {{- $env := concat (.env | default list) $kafka.env -}}
 {{- $health := $ctx.Values.audit.health -}}
 {{- if .probes -}}
@@ -185,14 +196,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- $mounts := concat (.mounts | default list) $kafka.mounts -}}
 {{- $volumes := concat (.volumes | default list) $kafka.volumes -}}
-{{- $cfg := index $ctx.Values.audit .name -}}
+{{- $cfg := .cfg | default (index $ctx.Values.audit .name) -}}
 {{- $component := .component | default (printf "audit-%s" .name) -}}
 metadata:
   labels:
     {{- include "telerad.labels" (list $ctx $component) | nindent 4 }}
   annotations:
     checksum/env: {{ include "telerad.checksum" (list $ctx "configmap-env.yaml") }}
-    checksum/kafka-refs: {{ toJson (list $ctx.Values.secrets.kafkaCa $ctx.Values.secrets.kafkaConsumers) | sha256sum }}
+    {{- if $kafkaUser }}
+    checksum/kafka-refs: {{ toJson (list $ctx.Values.secrets.kafkaCa (index $ctx.Values.secrets $kafkaUser)) | sha256sum }}
+    {{- end }}
     {{- with .annotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -233,8 +246,8 @@ spec:
       args:
         {{- toYaml .args | nindent 8 }}
       {{- if .probes }}
-      # /healthz: the consumer loop turns; /readyz: Kafka answers, partitions are assigned, the
-      # last batch did not fail (its body reports the lag). streams/health.py.
+      # /healthz: the loop turns; /readyz: Kafka answers (a consumer: partitions are assigned,
+      # the last batch did not fail, its body reports the lag). streams/health.py.
       ports:
         - name: health
           containerPort: {{ $health.port }}
@@ -338,6 +351,22 @@ spec:
 {{- end -}}
 {{- $_ := set $out "mounts" (append $out.mounts (dict "name" $name "mountPath" $dir "readOnly" true)) -}}
 {{- $_ := set $out "volumes" (append $out.volumes (dict "name" $name "secret" (dict "secretName" $ref.existingSecret "defaultMode" 288 "items" $items))) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* What a worker that reads the PACS besides the broker needs (the integrity watcher and
+     sweep): the PACS password as the one file of its TELERAD_SECRETS_DIR (secrets.pacs; none of
+     the broker's other secrets) and the PACS's TLS files (secrets.pacsTls). Env, mounts and
+     volumes as JSON {"env": [...], "mounts": [...], "volumes": [...]}. */}}
+{{- define "telerad.pacsAccess" -}}
+{{- $out := include "telerad.tlsFiles" (list .Values.secrets.pacsTls "TELERAD_PACS__TLS" "pacs-tls") | fromJson -}}
+{{- $pacs := .Values.secrets.pacs -}}
+{{- if $pacs.existingSecret -}}
+{{- $_ := set $out "env" (prepend $out.env (dict "name" "TELERAD_SECRETS_DIR" "value" .Values.secrets.mountPath)) -}}
+{{- $_ := set $out "mounts" (prepend $out.mounts (dict "name" "secrets" "mountPath" .Values.secrets.mountPath "readOnly" true)) -}}
+{{- $source := dict "secret" (dict "name" $pacs.existingSecret "items" (list (dict "key" $pacs.key "path" "TELERAD_PACS"))) -}}
+{{- $_ := set $out "volumes" (prepend $out.volumes (dict "name" "secrets" "projected" (dict "defaultMode" 288 "sources" (list $source)))) -}}
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}

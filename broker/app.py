@@ -37,6 +37,7 @@ from broker.identity.login import router as auth_router
 from broker.identity.sessions import EncryptedSessionMiddleware
 from broker.links.endpoints import api_router as links_api_router
 from broker.links.endpoints import redeem_router
+from broker.links.fast_route import FastRedeemRoute
 from broker.links.token import LinkCodec
 from broker.links.transfers import TransferLog
 from broker.links.window import DecisionWindows
@@ -399,6 +400,9 @@ def create_app(
     app.include_router(api_router)
     app.include_router(links_api_router)
     app.include_router(redeem_router)
+    # First of all routes: the same redemption handler as a plain ASGI route (every frame of a
+    # viewer comes this way); FastAPI's route above stays for the OpenAPI document.
+    app.router.routes.insert(0, FastRedeemRoute())
     app.include_router(fhir_router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")

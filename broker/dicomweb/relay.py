@@ -29,6 +29,7 @@ from typing import Protocol, Self
 
 import aiohttp
 import httpx
+import yarl
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -223,8 +224,14 @@ class AiohttpPacsClient:
         if self._authorization is not None:
             sent["Authorization"] = self._authorization
         try:
+            # encoded=True: the URL goes out as the proxy built it (``broker.dicomweb.proxy.
+            # query_string``); yarl would escape ``^`` and ``\\``, which Orthanc reads literally
             response = await session.request(
-                method, url, headers=sent, data=content, allow_redirects=False
+                method,
+                yarl.URL(url, encoded=True),
+                headers=sent,
+                data=content,
+                allow_redirects=False,
             )
         except _FAILURES as exc:
             raise RelayError(_text(exc)) from exc

@@ -90,6 +90,12 @@ class TestHeaders:
             )
             await answer.read()
             await answer.close()
+        async with AiohttpPacsClient(pacs) as client:
+            query = "PatientName=Synth*^A&x=a\\b,c&q=%26"
+            answer = await client.send("GET", f"http://127.0.0.1:{server.port}/s?{query}", {})
+            await answer.read()
+            await answer.close()
+        assert server.heads[1].startswith(f"GET /s?{query} HTTP/1.1".encode())  # as built
         head = server.heads[0].lower()
         assert b"\r\naccept-encoding: identity" in head
         assert b"gzip" not in head  # aiohttp's default Accept-Encoding is not added

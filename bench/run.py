@@ -555,7 +555,7 @@ class Bench:
         key = f"1w at {short}"
         self.progress(f"starting the broker of {short} ({rev}) for the before/after comparison")
         broker = start_broker(
-            self.env, self.run_dir, log_name=f"broker-{short}", source_root=source
+            self.env | LOAD_LIMITS, self.run_dir, log_name=f"broker-{short}", source_root=source
         )
         self.brokers.append(broker)
         self.cpu.add("broker", broker.pgid)

@@ -24,6 +24,7 @@ from broker.config import Settings, get_settings
 from broker.crypto import KeyRing, b64u_decode
 from broker.dicomweb.facts import FactsCatalog, StudyFactsSource
 from broker.dicomweb.proxy import DicomwebProxy
+from broker.dicomweb.relay import AiohttpPacsClient
 from broker.errors import install_error_handlers
 from broker.fhir.consent import router as fhir_router
 from broker.fhir.records import ConsentStore
@@ -36,6 +37,7 @@ from broker.identity.login import router as auth_router
 from broker.identity.sessions import EncryptedSessionMiddleware
 from broker.links.endpoints import api_router as links_api_router
 from broker.links.endpoints import redeem_router
+from broker.links.fast_route import FastRedeemRoute
 from broker.links.token import LinkCodec
 from broker.links.transfers import TransferLog
 from broker.links.window import DecisionWindows
@@ -273,11 +275,16 @@ def create_app(
         if tracing:  # PACS and IdP calls: spans, traceparent
             transport = TracingTransport(transport)
             pacs_transport = TracingTransport(pacs_transport)
-        async with httpx.AsyncClient(
-            timeout=settings.readiness_timeout_seconds,
-            transport=transport,
-            mounts={pacs_mount(settings.pacs): pacs_transport},
-        ) as http:
+        async with (
+            httpx.AsyncClient(
+                timeout=settings.readiness_timeout_seconds,
+                transport=transport,
+                mounts={pacs_mount(settings.pacs): pacs_transport},
+            ) as http,
+            AiohttpPacsClient(settings.pacs, traced=tracing) as relay,
+        ):
+            # the relay's own client to the PACS (aiohttp: C parser, its own keep-alive pool);
+            # the facts, the IdPs and the health checks stay on ``http``
             opa = OpaGateway(settings.opa)
             await opa.open()
             if isinstance(audit_sink, KafkaAuditSink):
@@ -316,7 +323,7 @@ def create_app(
                     ),
                     enforcer=PolicyEnforcer(opa, audit_sink, metrics, worklist),
                     links=links,
-                    proxy=DicomwebProxy(settings.pacs, http),
+                    proxy=DicomwebProxy(settings.pacs, relay),
                     metrics=metrics,
                     dpop=DpopVerifier(),
                     consents=consents,
@@ -393,6 +400,9 @@ def create_app(
     app.include_router(api_router)
     app.include_router(links_api_router)
     app.include_router(redeem_router)
+    # First of all routes: the same redemption handler as a plain ASGI route (every frame of a
+    # viewer comes this way); FastAPI's route above stays for the OpenAPI document.
+    app.router.routes.insert(0, FastRedeemRoute())
     app.include_router(fhir_router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive")

@@ -44,6 +44,7 @@ from broker.dicomweb.integrity import (
     read_target,
     unusable,
 )
+from broker.dicomweb.relay import HttpxPacsClient, PacsAnswer, PacsClient, RelayError
 from broker.errors import (
     DependencyUnavailable,
     Forbidden,
@@ -269,16 +270,15 @@ def _only_the_study(body: bytes, study_uid: str) -> bytes:
 class DicomwebProxy:
     """Streams validated DICOMweb requests to the PACS and the answers back."""
 
-    def __init__(self, pacs: PacsSettings, http: httpx.AsyncClient) -> None:
+    def __init__(self, pacs: PacsSettings, client: PacsClient | httpx.AsyncClient) -> None:
+        """``client``: the app's PACS client (:mod:`broker.dicomweb.relay`); an
+        ``httpx.AsyncClient`` is wrapped in :class:`~broker.dicomweb.relay.HttpxPacsClient`."""
         self._pacs = pacs
-        self._http = http
+        self._client: PacsClient = (
+            HttpxPacsClient(client, pacs) if isinstance(client, httpx.AsyncClient) else client
+        )
         self._root = str(pacs.url).rstrip("/")
         self._roots = _root_spellings(self._root)
-        self._auth: tuple[str, str] | None = (
-            (pacs.username, pacs.password.get_secret_value())
-            if pacs.username and pacs.password
-            else None
-        )
 
     async def forward(
         self,
@@ -317,21 +317,15 @@ class DicomwebProxy:
         # Orthanc compress every frame and the broker decompress it again.
         sent["accept-encoding"] = "identity"
         url = f"{self._root}/{parsed.upstream}"
-        request = self._http.build_request(
-            "GET",
-            f"{url}?{query_string(params)}" if params else url,
-            headers=sent,
-            timeout=httpx.Timeout(self._pacs.timeout_seconds, read=60.0),
-        )
         try:
-            upstream = await self._http.send(
-                request, auth=self._auth if self._auth else httpx.USE_CLIENT_DEFAULT, stream=True
+            upstream = await self._client.send(
+                "GET", f"{url}?{query_string(params)}" if params else url, sent
             )
-        except httpx.HTTPError as exc:
+        except RelayError as exc:
             raise UpstreamError() from exc
-        status = upstream.status_code
+        status = upstream.status
         if status != 200:
-            await upstream.aclose()
+            await upstream.close()
             if parsed.query and (status == 204 or (parsed.study_search and status in (400, 404))):
                 done(2, True)
                 return _empty_search()
@@ -342,16 +336,18 @@ class DicomwebProxy:
             if status == 204:
                 return Response(status_code=204)
             raise UpstreamError()
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() in _RETURN_HEADERS}
+        out_headers = {
+            k.lower(): v for k, v in upstream.headers.items() if k.lower() in _RETURN_HEADERS
+        }
         out_headers["cache-control"] = "no-store"
         content_type = upstream.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in _JSON_TYPES or parsed.study_search:
             try:
-                body = await upstream.aread()
-            except httpx.HTTPError as exc:
+                body = await upstream.read()
+            except RelayError as exc:
                 raise UpstreamError() from exc
             finally:
-                await upstream.aclose()
+                await upstream.close()
             if parsed.study_search:
                 body = _only_the_study(body, parsed.study_uid)
                 out_headers["content-type"] = _DICOM_JSON
@@ -362,7 +358,7 @@ class DicomwebProxy:
                 out_headers.pop("etag", None)  # the PACS's tag names what it sent, not this
             done(len(rewritten), True)
             return Response(rewritten, status_code=200, headers=out_headers)
-        out_headers.pop("content-encoding", None)  # httpx streams decoded bytes below
+        out_headers.pop("content-encoding", None)  # both clients hand on decoded bytes
         encoded = bool(upstream.headers.get("content-encoding"))
         if encoded:
             out_headers.pop("content-length", None)
@@ -378,11 +374,11 @@ class DicomwebProxy:
             # A frame, a rendered image, an instance: read whole and sent in one write. A
             # streamed answer costs a task group, a disconnect listener and a send per chunk.
             try:
-                body = await upstream.aread()
-            except httpx.HTTPError as exc:
+                body = await upstream.read()
+            except RelayError as exc:
                 raise UpstreamError() from exc
             finally:
-                await upstream.aclose()
+                await upstream.close()
             if stream_check is not None and check is not None:
                 try:
                     stream_check.feed(body)
@@ -399,13 +395,13 @@ class DicomwebProxy:
                 _checked_relay(upstream, done, stream_check, check),
                 status_code=200,
                 headers=out_headers,
-                background=BackgroundTask(upstream.aclose),
+                background=BackgroundTask(upstream.close),
             )
         return StreamingResponse(
             _relay(upstream, done),
             status_code=200,
             headers=out_headers,
-            background=BackgroundTask(upstream.aclose),
+            background=BackgroundTask(upstream.close),
         )
 
     def rewrite(self, body: bytes, link_base: str) -> bytes:
@@ -438,7 +434,7 @@ def _root_spellings(root: str) -> list[str]:
     return sorted(spellings, key=len, reverse=True)
 
 
-def _content_length(response: httpx.Response) -> int | None:
+def _content_length(response: PacsAnswer) -> int | None:
     value = response.headers.get("content-length", "")
     return int(value) if value.isdigit() else None
 
@@ -447,16 +443,14 @@ def _ignore(_size: int, _complete: bool) -> None:
     return None
 
 
-async def _relay(
-    upstream: httpx.Response, done: Callable[[int, bool], None]
-) -> AsyncIterator[bytes]:
+async def _relay(upstream: PacsAnswer, done: Callable[[int, bool], None]) -> AsyncIterator[bytes]:
     sent, complete = 0, False
     try:
-        async for chunk in upstream.aiter_bytes():
+        async for chunk in upstream.chunks():
             yield chunk
             sent += len(chunk)
         complete = True
-    except httpx.HTTPError:
+    except RelayError:
         return  # the PACS broke off mid-stream; the client sees a short body, never a 500
     finally:
         done(sent, complete)  # also when the client went away (the generator is closed)
@@ -478,7 +472,7 @@ async def _report_cut(check: ReadCheck, violation: Violation) -> None:
 
 
 async def _checked_relay(
-    upstream: httpx.Response,
+    upstream: PacsAnswer,
     done: Callable[[int, bool], None],
     stream_check: StreamCheck,
     check: ReadCheck,
@@ -488,7 +482,7 @@ async def _checked_relay(
     sent, complete = 0, False
     pending: bytes | None = None
     try:
-        async for chunk in upstream.aiter_bytes():
+        async for chunk in upstream.chunks():
             stream_check.feed(chunk)
             if pending is not None:
                 yield pending
@@ -504,7 +498,7 @@ async def _checked_relay(
     except Violation as violation:
         await _report_cut(check, violation)
         raise CutOff(str(violation)) from None
-    except httpx.HTTPError:
+    except RelayError:
         return  # the PACS broke off mid-stream; the client sees a short body, never a 500
     finally:
         done(sent, complete)

@@ -54,11 +54,21 @@ from broker.policy import RequestContext
 from broker.revocation import RevocationKind, revoke_everywhere
 from broker.state import AppState, state_of
 
-__all__ = ["IssueLinkRequest", "IssuedLink", "api_router", "redeem_router", "subject_binding"]
+__all__ = [
+    "REDEEM_PATH",
+    "IssueLinkRequest",
+    "IssuedLink",
+    "api_router",
+    "redeem",
+    "redeem_router",
+    "subject_binding",
+]
 
 log = logging.getLogger("telerad.links")
 api_router = APIRouter(prefix="/api/links", tags=["links"])
 redeem_router = APIRouter(prefix="/links", tags=["links"])
+# The redemption route's template; broker.links.fast_route serves it ahead of FastAPI's route.
+REDEEM_PATH = "/links/{token}/dicom-web/{path:path}"
 
 _MAX_TTL = 3600  # seconds; a policy obligation above this is clamped
 _JSON_ARRAY = {"schema": {"type": "array", "items": {"type": "object"}}}
@@ -290,7 +300,7 @@ async def revoke_link(link_id: str, principal: CurrentPrincipal, request: Reques
 
 
 @redeem_router.get(
-    "/{token}/dicom-web/{path:path}",
+    REDEEM_PATH.removeprefix("/links"),
     summary="DICOMweb below the linked study",
     response_class=Response,
     responses=error_responses(401, 403, 404, 410, 429, 502, 503, also=_REDEEM_ANSWERS),

@@ -28,6 +28,7 @@ class _ClosingServer:
         self.port = self.sock.getsockname()[1]
         self.requests = 0
         self.connections = 0
+        self.heads: list[bytes] = []  # each request's head, as written
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -53,6 +54,7 @@ class _ClosingServer:
             while len(body) < length:
                 body += conn.recv(4096)
         self.requests += 1
+        self.heads.append(data.split(b"\r\n\r\n", 1)[0])
         return True
 
     def _connection(self, conn: socket.socket) -> None:

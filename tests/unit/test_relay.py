@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from broker.dicomweb.proxy import DicomwebProxy, parse_path
 from broker.dicomweb.relay import AiohttpPacsClient, RelayError
 from broker.errors import UpstreamError
 from devstack.pki import DevCa
+from tests.unit.loopback import LoopbackServer
 from tests.unit.test_upstream import _ClosingServer
 
 STUDY = "1.2.3"
@@ -102,7 +102,7 @@ class TestHeaders:
         assert b"\r\nauthorization: basic b3j0agfuyzpzzwnyzxq=" in head  # orthanc:secret
 
 
-class _TlsPacs:
+class _TlsPacs(LoopbackServer):
     """A loopback HTTPS server that requires a client certificate from ``ca`` (TLS 1.3: a
     client without one learns it only from an alert after the handshake)."""
 
@@ -113,17 +113,7 @@ class _TlsPacs:
         self.context.load_cert_chain(cert, key)
         self.context.verify_mode = ssl.CERT_REQUIRED
         self.context.load_verify_locations(cadata=ca.cert_pem().decode())
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(raw,), daemon=True).start()
+        super().__init__()
 
     def _connection(self, raw: socket.socket) -> None:
         try:
@@ -139,9 +129,6 @@ class _TlsPacs:
             return  # no client certificate: the handshake's end sends the alert
         finally:
             raw.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class TestMutualTls:
@@ -194,22 +181,12 @@ class TestMutualTls:
                 await client.send("GET", f"https://127.0.0.1:{server.port}/a", {})
 
 
-class _FixedServer:
+class _FixedServer(LoopbackServer):
     """Answers every request of every keep-alive connection with ``answer``."""
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _connection(self, conn: socket.socket) -> None:
         with conn:
@@ -222,9 +199,6 @@ class _FixedServer:
                     data += chunk
                 data = data.split(b"\r\n\r\n", 1)[1]
                 conn.sendall(self.answer)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _answer(content_type: str, body: bytes, *, chunked: bool = False) -> bytes:

@@ -9,37 +9,22 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from broker.upstream import RetryStaleAsyncTransport, RetryStaleTransport
+from tests.unit.loopback import LoopbackServer
 
 _ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
-class _ClosingServer:
+class _ClosingServer(LoopbackServer):
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.requests = 0
-        self.connections = 0
         self.heads: list[bytes] = []  # each request's head, as written
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _read_request(self, conn: socket.socket) -> bool:
         data = b""
@@ -62,9 +47,6 @@ class _ClosingServer:
             if self._read_request(conn):
                 conn.sendall(_ANSWER)  # keep-alive: no "Connection: close"
             self._read_request(conn)  # the second request on this connection: hang up
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

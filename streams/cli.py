@@ -91,7 +91,7 @@ def _ledger(args: argparse.Namespace) -> int:
         runner.install_signal_handlers()
         _progress(runner)
         try:
-            stats = runner.run(idle_exit_seconds=args.idle_exit)
+            stats = runner.run(idle_exit_seconds=args.idle_exit, give_up_seconds=args.give_up)
         except LedgerGoneError as exc:
             producer.close(5)
             print(
@@ -180,7 +180,7 @@ def _alerts(args: argparse.Namespace) -> int:
     )
     runner.install_signal_handlers()
     _progress(runner)
-    stats = runner.run(idle_exit_seconds=args.idle_exit)
+    stats = runner.run(idle_exit_seconds=args.idle_exit, give_up_seconds=args.give_up)
     producer.close(5)
     print(json.dumps({"events": stats.events, "dead_letters": stats.dead_letters}))
     return 0
@@ -219,7 +219,7 @@ def _worklist(args: argparse.Namespace) -> int:
     )
     runner.install_signal_handlers()
     _progress(runner)
-    stats = runner.run(idle_exit_seconds=args.idle_exit)
+    stats = runner.run(idle_exit_seconds=args.idle_exit, give_up_seconds=args.give_up)
     print(
         json.dumps(
             {"events": stats.events, "dead_letters": stats.dead_letters, "kinds": readable},
@@ -621,6 +621,21 @@ def _integrity_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _stall_guarded(func: Any) -> Any:
+    """``func``, with a batch run that gave up (StalledError) said in one line: exit 4."""
+    from streams.runner import StalledError
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result: int = func(args)
+        except StalledError as exc:
+            print(f"telerad audit {args.audit_command}: gave up: {exc}", file=sys.stderr)
+            return 4
+        return result
+
+    return run
+
+
 def add_integrity_commands(sub: Any) -> None:
     """Register ``telerad integrity ...`` on the top-level parser's subparsers."""
     integrity = sub.add_parser("integrity", help="imaging integrity: fingerprints and sweeps")
@@ -655,7 +670,15 @@ def add_audit_commands(sub: Any) -> None:
             metavar="SECONDS",
             help="stop after this long without records (batch runs); default: run until SIGTERM",
         )
-        parser.set_defaults(func=func)
+        parser.add_argument(
+            "--give-up",
+            type=float,
+            default=120.0,
+            metavar="SECONDS",
+            help="batch runs: exit 4 when no partition was assigned, or a batch kept failing, "
+            "this long (default: 120)",
+        )
+        parser.set_defaults(func=_stall_guarded(func))
         return parser
 
     ledger = consumer(

@@ -124,7 +124,7 @@ def run_export(settings: Settings, args: argparse.Namespace) -> int:
             **settings.streams.health_options(),
         )
         runner.install_signal_handlers()
-        stats = runner.run(idle_exit_seconds=args.idle_exit)
+        stats = runner.run(idle_exit_seconds=args.idle_exit, give_up_seconds=args.give_up)
     finally:
         exporter.close()
     print(json.dumps({"events": stats.events, "written": exporter.written}), file=sys.stdout)

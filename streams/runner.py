@@ -25,7 +25,7 @@ from broker.audit.events import AuditEvent
 from broker.audit.kafka import make_consumer, make_producer
 from streams.health import ConsumerHealth, KafkaView, health_server
 
-__all__ = ["ConsumerRunner", "Origin", "RunStats"]
+__all__ = ["ConsumerRunner", "Origin", "RunStats", "StalledError"]
 
 log = logging.getLogger("telerad.streams")
 
@@ -41,6 +41,14 @@ Decoder = Callable[[Any], Any]
 
 def _audit_event(record: Any) -> AuditEvent:
     return from_record(record.value, record.headers)
+
+
+class StalledError(RuntimeError):
+    """A batch run made no progress for its give-up bound: never joined, or a batch kept failing.
+
+    A daemon retries for ever (its readiness says why); a batch run (``--idle-exit``) that can
+    never finish says so and stops, instead of waiting for a timeout around it.
+    """
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class ConsumerRunner:
         self._bootstrap = bootstrap
         self._client_config = dict(client_config or {})
         self._topic = topic
+        self._group = group_id
+        self._last_error: str | None = None
         self._handler = handler
         self._dlq = dead_letter_topic
         self._poll_ms = poll_ms
@@ -123,9 +133,16 @@ class ConsumerRunner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_event.set())
 
-    def run(self, *, idle_exit_seconds: float | None = None) -> RunStats:
-        """Consume until stopped (or until idle for ``idle_exit_seconds``, for batch use)."""
+    def run(
+        self, *, idle_exit_seconds: float | None = None, give_up_seconds: float | None = None
+    ) -> RunStats:
+        """Consume until stopped (or until idle for ``idle_exit_seconds``, for batch use).
+
+        A batch run also gives up, raising :class:`StalledError`, when for ``give_up_seconds``
+        it has had no partition assigned or its batches kept failing.
+        """
         idle_since = time.monotonic()
+        stalled_since: float | None = None
         host, port = self._health_address
         server = health_server(self.health, host, port) if port is not None else None
         try:
@@ -133,18 +150,26 @@ class ConsumerRunner:
                 self._maybe_check()  # between batches, so lag counts unprocessed records
                 batch = self._consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
                 self.health.beat()
+                now = time.monotonic()
+                if self._consumer.assignment() and not self._failing:
+                    stalled_since = None
+                elif stalled_since is None:
+                    stalled_since = now
+                elif (
+                    idle_exit_seconds is not None
+                    and give_up_seconds is not None
+                    and now - stalled_since > give_up_seconds
+                ):
+                    raise StalledError(self._stall_reason(give_up_seconds))
                 if not batch:
                     if not self._consumer.assignment():
                         # still joining the group (a killed member's partitions are handed on
                         # only after its session times out): that is not idleness
-                        idle_since = time.monotonic()
-                    elif (
-                        idle_exit_seconds is not None
-                        and time.monotonic() - idle_since > idle_exit_seconds
-                    ):
+                        idle_since = now
+                    elif idle_exit_seconds is not None and now - idle_since > idle_exit_seconds:
                         break
                     continue
-                idle_since = time.monotonic()
+                idle_since = now
                 for partition, records in batch.items():
                     self._process(partition, records)
         finally:
@@ -152,6 +177,19 @@ class ConsumerRunner:
                 server.stop()
             self.close()
         return self.stats
+
+    def _stall_reason(self, seconds: float) -> str:
+        if not self._consumer.assignment():
+            return (
+                f"no partition of {self._topic} was assigned in consumer group {self._group} "
+                f"for {seconds:.0f} s (Kafka unreachable, the group or topic not authorised, "
+                "or the topic missing)"
+            )
+        failing = ", ".join(sorted(f"{tp.topic}/{tp.partition}" for tp in self._failing))
+        return (
+            f"the batch of {failing} kept failing for {seconds:.0f} s "
+            f"({self.stats.retries} retries; last error: {self._last_error})"
+        )
 
     def _maybe_check(self) -> None:
         """Now and then: are partitions assigned, do their leaders answer, how far behind?"""
@@ -208,6 +246,7 @@ class ConsumerRunner:
                 log.error("%s: stopping: %s", self.name, exc)
                 raise
             self.stats.retries += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning(
                 "%s: batch failed (%s); will retry from offset %d",
                 self.name,

@@ -8,6 +8,8 @@ import hmac
 import html
 import re
 import struct
+import subprocess
+import sys
 import time
 from typing import Any, Protocol
 
@@ -227,3 +229,23 @@ def seconds_until_decided(
 def replica_settings() -> Settings:
     """The settings of one more broker replica: the environment's, on a port of its own."""
     return Settings(public_url=f"http://127.0.0.1:{free_port()}")
+
+
+def telerad(
+    *args: str, env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``python -m broker *args``; a run that outlives ``timeout`` fails showing its stderr."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "broker", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        raise AssertionError(
+            f"telerad {' '.join(args)} still running after {timeout:.0f} s; "
+            f"its stderr ends:\n{(err or '')[-3000:]}"
+        ) from None

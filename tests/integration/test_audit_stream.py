@@ -42,7 +42,7 @@ from streams.ledger_store import LedgerStore
 from streams.merkle import leaf_hash, verify_inclusion
 from streams.runner import ConsumerRunner
 from tests.integration.conftest import serve
-from tests.integration.helpers import decision, password_token
+from tests.integration.helpers import decision, password_token, telerad
 
 pytestmark = pytest.mark.integration
 
@@ -361,22 +361,10 @@ def test_export_alerts_and_dead_letters(
         }
     )
     for fmt in ("fhir", "dicom"):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "broker",
-                "audit",
-                "export",
-                "--format",
-                fmt,
-                "--idle-exit",
-                "4",
-            ],
+        group = f"export-{fmt}-{topic}"  # this test's own group: nothing left by another
+        done = telerad(
+            *("audit", "export", "--format", fmt, "--group", group, "--idle-exit", "4"),
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {"events": 2, "written": 2}
@@ -389,12 +377,8 @@ def test_export_alerts_and_dead_letters(
     assert fhir[0]["purposeOfEvent"][0]["coding"][0]["code"] == "BTG"
     xml_lines = (tmp_path / "export" / "audit-dicom-audit.xml.lines").read_text().splitlines()
     assert [ElementTree.fromstring(x).tag for x in xml_lines] == ["AuditMessage", "AuditMessage"]
-    alerts = subprocess.run(
-        [sys.executable, "-m", "broker", "audit", "alerts", "--idle-exit", "4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    alerts = telerad(
+        *("audit", "alerts", "--group", f"alerts-{topic}", "--idle-exit", "4"), env=env
     )
     assert alerts.returncode == 0, alerts.stderr[-2000:]
     consumer = KafkaConsumer(

@@ -32,7 +32,12 @@ from devstack.kafka_cluster import (
 from devstack.samples import sample_studies
 from devstack.stack import Stack, repo_root
 from tests.integration.conftest import LiveBroker, serve
-from tests.integration.helpers import password_token, publish_worklist, transfer_records
+from tests.integration.helpers import (
+    password_token,
+    publish_worklist,
+    telerad,
+    transfer_records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -379,8 +384,6 @@ class TestTransfersDownstream:
     def test_transfers_reach_the_ledger_and_both_exports(
         self, stack: Stack, topics: dict[str, str], tmp_path: Any
     ) -> None:
-        import subprocess
-        import sys
         from xml.etree import ElementTree
 
         from tests.integration.test_audit_stream import run_ledger
@@ -420,12 +423,10 @@ class TestTransfersDownstream:
             }
         )
         for fmt in ("fhir", "dicom"):
-            command = ["audit", "export", "--format", fmt, "--idle-exit", "4"]
-            done = subprocess.run(
-                [sys.executable, "-m", "broker", *command],
+            group = f"export-{fmt}-{topic}"  # this test's own group: nothing left by another
+            done = telerad(
+                *("audit", "export", "--format", fmt, "--group", group, "--idle-exit", "4"),
                 env=env,
-                capture_output=True,
-                text=True,
                 timeout=180,
             )
             assert done.returncode == 0, done.stderr[-2000:]

@@ -125,6 +125,11 @@ def make_consumer(bootstrap: str, *topics: str, **overrides: Any) -> Any:
         "auto_offset_reset": "earliest",
         "max_poll_records": 500,
         "client_id": "telerad-consumer",
+        # kafka-python drops a subscribed topic that one metadata answer lacked (a node whose
+        # metadata cache lags a topic just created) until the next refresh, 5 min by default:
+        # no partition is assigned all that time. Refresh every 5 s instead; it is one small
+        # request to one node.
+        "metadata_max_age_ms": 5000,
     }
     return KafkaConsumer(*topics, **(config | overrides))
 

@@ -151,7 +151,8 @@ class ConsumerRunner:
                 batch = self._consumer.poll(timeout_ms=self._poll_ms, max_records=self._max_records)
                 self.health.beat()
                 now = time.monotonic()
-                if self._consumer.assignment() and not self._failing:
+                assigned = bool(self._consumer.assignment())
+                if assigned and not self._failing:
                     stalled_since = None
                 elif stalled_since is None:
                     stalled_since = now
@@ -160,9 +161,9 @@ class ConsumerRunner:
                     and give_up_seconds is not None
                     and now - stalled_since > give_up_seconds
                 ):
-                    raise StalledError(self._stall_reason(give_up_seconds))
+                    raise StalledError(self._stall_reason(give_up_seconds, assigned=assigned))
                 if not batch:
-                    if not self._consumer.assignment():
+                    if not assigned:
                         # still joining the group (a killed member's partitions are handed on
                         # only after its session times out): that is not idleness
                         idle_since = now
@@ -178,8 +179,8 @@ class ConsumerRunner:
             self.close()
         return self.stats
 
-    def _stall_reason(self, seconds: float) -> str:
-        if not self._consumer.assignment():
+    def _stall_reason(self, seconds: float, *, assigned: bool) -> str:
+        if not assigned:
             return (
                 f"no partition of {self._topic} was assigned in consumer group {self._group} "
                 f"for {seconds:.0f} s (Kafka unreachable, the group or topic not authorised, "

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import html
+import json
 import re
 import struct
 import subprocess
@@ -249,3 +250,17 @@ def telerad(
             f"telerad {' '.join(args)} still running after {timeout:.0f} s; "
             f"its stderr ends:\n{(err or '')[-3000:]}"
         ) from None
+
+
+def run_exports(topic: str, env: dict[str, str]) -> dict[str, dict[str, int]]:
+    """``telerad audit export`` of ``topic`` in both formats, each in a group of this topic's
+    own (nothing left by another test): the summary each printed, by format."""
+    summaries = {}
+    for fmt in ("fhir", "dicom"):
+        group = f"export-{fmt}-{topic}"
+        done = telerad(
+            *("audit", "export", "--format", fmt, "--group", group, "--idle-exit", "4"), env=env
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        summaries[fmt] = json.loads(done.stdout.strip().splitlines()[-1])
+    return summaries

@@ -42,7 +42,7 @@ from streams.ledger_store import LedgerStore
 from streams.merkle import leaf_hash, verify_inclusion
 from streams.runner import ConsumerRunner
 from tests.integration.conftest import serve
-from tests.integration.helpers import decision, password_token, telerad
+from tests.integration.helpers import decision, password_token, run_exports, telerad
 
 pytestmark = pytest.mark.integration
 
@@ -360,14 +360,8 @@ def test_export_alerts_and_dead_letters(
             "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
         }
     )
-    for fmt in ("fhir", "dicom"):
-        group = f"export-{fmt}-{topic}"  # this test's own group: nothing left by another
-        done = telerad(
-            *("audit", "export", "--format", fmt, "--group", group, "--idle-exit", "4"),
-            env=env,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"events": 2, "written": 2}
+    summaries = run_exports(topic, env)
+    assert summaries == {f: {"events": 2, "written": 2} for f in ("fhir", "dicom")}, summaries
     fhir = [
         json.loads(line)
         for line in (tmp_path / "export" / "audit-fhir.ndjson").read_text().splitlines()

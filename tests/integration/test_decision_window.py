@@ -35,7 +35,7 @@ from tests.integration.conftest import LiveBroker, serve
 from tests.integration.helpers import (
     password_token,
     publish_worklist,
-    telerad,
+    run_exports,
     transfer_records,
 )
 
@@ -422,16 +422,9 @@ class TestTransfersDownstream:
                 "TELERAD_STREAMS__EXPORT_DIR": str(tmp_path / "export"),
             }
         )
-        for fmt in ("fhir", "dicom"):
-            group = f"export-{fmt}-{topic}"  # this test's own group: nothing left by another
-            done = telerad(
-                *("audit", "export", "--format", fmt, "--group", group, "--idle-exit", "4"),
-                env=env,
-                timeout=180,
-            )
-            assert done.returncode == 0, done.stderr[-2000:]
-            summary = json.loads(done.stdout.strip().splitlines()[-1])
-            assert summary == {"events": len(events), "written": len(events)}, summary
+        summaries = run_exports(topic, env)
+        counts = {"events": len(events), "written": len(events)}
+        assert summaries == {"fhir": counts, "dicom": counts}, summaries
         lines = (tmp_path / "export" / "audit-fhir.ndjson").read_text().splitlines()
         fhir = {r["id"]: r for r in map(json.loads, lines)}
         for event in transfers:
